@@ -1,0 +1,88 @@
+"""Settings of one call's media runtime (validated on construction, frozen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(len(self.urls) > 0, "an ICE server needs at least one url")
+        for url in self.urls:
+            _require(
+                url.startswith(("stun:", "turn:", "turns:")),
+                f"ICE server url {url!r} must start with stun:, turn: or turns:",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    ice_servers: tuple[IceServer, ...] = ()
+    """STUN/TURN servers; none by default (host candidates only)."""
+    host_addresses: tuple[str, ...] = ()
+    """Addresses offered as host candidates; empty = every non-loopback interface
+    (or 127.0.0.1 when the machine has no other)."""
+    connect_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        _require(self.connect_timeout_s > 0, "connect_timeout_s must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    aggressiveness: int = 2
+    """WebRTC VAD mode, 0 (least) to 3 (most aggressive at calling audio non-speech)."""
+    start_ms: int = 200
+    """Voiced audio needed (within a 300 ms window) before speech counts as started."""
+    stop_ms: int = 600
+    """Unvoiced audio after which speech counts as stopped."""
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.aggressiveness <= 3, "vad.aggressiveness must be 0..3")
+        _require(20 <= self.start_ms <= 300, "vad.start_ms must be 20..300")
+        _require(20 <= self.stop_ms <= 5000, "vad.stop_ms must be 20..5000")
+
+
+@dataclass(frozen=True, slots=True)
+class CallConfig:
+    idle_timeout_s: float = 10.0
+    """End a call that sent no media and no data-channel message for this long."""
+    unit_grace_ms: int = 150
+    """How long past a unit's due time the loop waits for late audio before
+    filling the rest with silence."""
+    max_pending_units: int = 2
+    """Units waiting for a busy engine; past this the oldest waiting unit is dropped."""
+    playout_max_ms: int = 4000
+    """Speech buffered for playout at most; the engine waits when it is full."""
+    outbound_max_lag_ms: int = 80
+    """When the sender falls further behind its schedule than this, it skips ahead
+    and drops the stale speech instead of bursting."""
+    video_frames_per_unit: int = 1
+    """Frames sampled from each second of video (0 ignores video)."""
+    barge_in_ms: int = 400
+    """Speech over the service's own for this long interrupts it."""
+    max_duration_s: float = 0.0
+    """Hard limit on a call's length (0 = none)."""
+    vad: VadConfig = field(default_factory=VadConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.idle_timeout_s > 0, "call.idle_timeout_s must be > 0")
+        _require(0 <= self.unit_grace_ms <= 2000, "call.unit_grace_ms must be 0..2000")
+        _require(1 <= self.max_pending_units <= 10, "call.max_pending_units must be 1..10")
+        _require(200 <= self.playout_max_ms <= 60_000, "call.playout_max_ms must be 200..60000")
+        _require(
+            20 <= self.outbound_max_lag_ms <= 2000, "call.outbound_max_lag_ms must be 20..2000"
+        )
+        _require(0 <= self.video_frames_per_unit <= 10, "call.video_frames_per_unit must be 0..10")
+        _require(self.barge_in_ms >= 0, "call.barge_in_ms must be >= 0")
+        _require(self.max_duration_s >= 0, "call.max_duration_s must be >= 0")

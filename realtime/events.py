@@ -1,0 +1,223 @@
+"""The data-channel protocol: typed events both ways, and the channel that sends them.
+
+Every message is one JSON object with a ``type``.  docs/PROTOCOL.md documents each one; keep
+the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+from realtime.clock import Clock
+
+log = logging.getLogger(__name__)
+
+MAX_CLIENT_MESSAGE_BYTES = 16 * 1024
+_MAX_BACKLOG = 64
+_MAX_BUFFERED_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerEvent:
+    type: ClassVar[str]
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {"type": self.type}
+        body.update(asdict(self))
+        return json.dumps(body, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated(ServerEvent):
+    type: ClassVar[str] = "session.created"
+    call_id: str
+    engine: str
+    mode: str
+    unit_ms: int
+    input_rate: int
+    output_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnitDone(ServerEvent):
+    type: ClassVar[str] = "unit"
+    index: int
+    state: Literal["listen", "speak"]
+    text: str
+    end_of_turn: bool
+    timings: Mapping[str, float]
+    """wait_ms (last sample in -> step start), late_ms (behind schedule), step_ms, and the
+    engine's own stage timings."""
+    dropped_units: int
+    missing_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTextDelta(ServerEvent):
+    type: ClassVar[str] = "response.output_text.delta"
+    delta: str
+    unit: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted(ServerEvent):
+    type: ClassVar[str] = "input.speech_started"
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped(ServerEvent):
+    type: ClassVar[str] = "input.speech_stopped"
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseInterrupted(ServerEvent):
+    type: ClassVar[str] = "response.interrupted"
+    reason: Literal["barge_in", "client_cancel"]
+    cleared_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent(ServerEvent):
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(ServerEvent):
+    type: ClassVar[str] = "pong"
+    id: str | int | None = None
+    t: float | None = None
+    """The client's own timestamp from its ping, returned unchanged."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed(ServerEvent):
+    type: ClassVar[str] = "session.closed"
+    reason: str
+
+
+# ---- client -> server
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: str | int | None = None
+    t: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCancel:
+    pass
+
+
+ClientEvent = Ping | ResponseCancel
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_client_event(raw: str | bytes) -> ClientEvent:
+    """Parse one client message; raises ProtocolError with a code for the client."""
+    if len(raw) > MAX_CLIENT_MESSAGE_BYTES:
+        raise ProtocolError(
+            "message_too_large", f"messages are limited to {MAX_CLIENT_MESSAGE_BYTES} bytes"
+        )
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("invalid_json", f"message is not JSON: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        raise ProtocolError("invalid_event", "a message must be a JSON object with a string 'type'")
+    kind = body["type"]
+    if kind == "ping":
+        ping_id = body.get("id")
+        stamp = body.get("t")
+        if ping_id is not None and not isinstance(ping_id, (str, int)):
+            raise ProtocolError("invalid_event", "ping.id must be a string or an integer")
+        if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, (int, float))):
+            raise ProtocolError("invalid_event", "ping.t must be a number")
+        return Ping(id=ping_id, t=float(stamp) if stamp is not None else None)
+    if kind == "response.cancel":
+        return ResponseCancel()
+    raise ProtocolError("unknown_event", f"unknown event type {kind!r}")
+
+
+class DataPort(Protocol):
+    """What the event channel needs of a data channel."""
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def buffered_bytes(self) -> int: ...
+
+    def send(self, text: str) -> None: ...
+
+
+class EventChannel:
+    """Sends server events; holds a short backlog until the channel opens.
+
+    Events are dropped (and counted) rather than queued without bound when the client does
+    not read them.
+    """
+
+    def __init__(self) -> None:
+        self._port: DataPort | None = None
+        self._backlog: deque[str] = deque(maxlen=_MAX_BACKLOG)
+        self.sent = 0
+        self.dropped = 0
+
+    def attach(self, port: DataPort) -> None:
+        self._port = port
+        self.flush()
+
+    def flush(self) -> None:
+        port = self._port
+        if port is None or not port.is_open:
+            return
+        while self._backlog:
+            self._send_now(port, self._backlog.popleft())
+
+    def send(self, event: ServerEvent) -> None:
+        text = event.to_json()
+        port = self._port
+        if port is None or not port.is_open:
+            if len(self._backlog) == self._backlog.maxlen:
+                self.dropped += 1
+            self._backlog.append(text)
+            return
+        self.flush()
+        self._send_now(port, text)
+
+    async def drain(self, clock: Clock, timeout_s: float) -> None:
+        """Wait (briefly) until what was sent has left, e.g. before closing the call."""
+        deadline = clock.now() + timeout_s
+        port = self._port
+        while port is not None and port.is_open and port.buffered_bytes > 0:
+            if clock.now() >= deadline:
+                return
+            await clock.sleep_until(clock.now() + 0.01)
+
+    def _send_now(self, port: DataPort, text: str) -> None:
+        if port.buffered_bytes > _MAX_BUFFERED_BYTES:
+            self.dropped += 1
+            return
+        try:
+            port.send(text)
+        except Exception as exc:  # the channel closed under us: the call is ending
+            log.debug("event not sent: %s", exc)
+            self.dropped += 1
+            return
+        self.sent += 1

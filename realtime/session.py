@@ -1,0 +1,395 @@
+"""One call: its peer, media pipeline, engine session and events, as one TaskGroup.
+
+``Call.negotiate`` answers the offer; ``Call.run`` runs every task of the call until it ends
+(hang-up, DELETE, a vanished client, a failed connection, an engine that keeps failing) and
+then tears everything down along one path: tasks cancelled, goodbye event, peer closed,
+engine session closed on its own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, DuplexSession, StepResult, Unit
+from realtime.audio import WIRE_RATE, OutboundAudio, pcm_frame
+from realtime.clock import Clock
+from realtime.config import CallConfig, PeerConfig
+from realtime.events import (
+    ErrorEvent,
+    EventChannel,
+    OutputTextDelta,
+    Ping,
+    Pong,
+    ProtocolError,
+    ResponseCancel,
+    ResponseInterrupted,
+    SessionClosed,
+    SessionCreated,
+    SpeechStarted,
+    SpeechStopped,
+    UnitDone,
+    parse_client_event,
+)
+from realtime.inbound import RawFrame, VideoSampler, pump_audio, pump_video
+from realtime.outbound import OutboundPacer
+from realtime.peer import EventsChannel, FrameRelay, Peer
+from realtime.playout import PlayoutBuffer
+from realtime.slicer import UnitSlicer
+from realtime.stats import percentiles
+from realtime.unit_loop import EngineFailing, StepTiming, UnitLoop
+from realtime.vad import SpeechDetector, SpeechEdge
+
+log = logging.getLogger(__name__)
+
+_WATCH_INTERVAL_S = 0.25
+
+
+class CallMode(StrEnum):
+    ENGINE = "engine"
+    LOOPBACK = "loopback"
+
+
+class CallState(StrEnum):
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBinding:
+    """The engine side of a call: a session and the replica thread it must run on."""
+
+    name: str
+    session: DuplexSession
+    executor: Executor
+
+
+class _CallEnded(Exception):
+    pass
+
+
+class Call:
+    def __init__(
+        self,
+        call_id: str,
+        mode: CallMode,
+        *,
+        engine_name: str,
+        config: CallConfig,
+        peer_config: PeerConfig,
+        clock: Clock,
+    ) -> None:
+        self.call_id = call_id
+        self.mode = mode
+        self.engine_name = engine_name
+        self.config = config
+        self.state = CallState.CONNECTING
+        self.end_reason: str | None = None
+        self._clock = clock
+        self._connect_timeout = peer_config.connect_timeout_s
+        self.created_at = clock.now()
+        self.peer = Peer(peer_config, clock.now)
+        self.events = EventChannel()
+        self.playout = PlayoutBuffer(WIRE_RATE, config.playout_max_ms)
+        self.pacer = OutboundPacer(self.playout, clock, config.outbound_max_lag_ms)
+        self.relay = FrameRelay()
+        self.slicer = UnitSlicer()
+        self.video = VideoSampler(self.slicer, config.video_frames_per_unit)
+        self.vad = SpeechDetector(config.vad)
+        self._speech_out = OutboundAudio()
+        self._engine: EngineBinding | None = None
+        self._stop = asyncio.Event()
+        self.finished = asyncio.Event()
+        """Set once the call has ended and freed everything."""
+        self._epoch = 0
+        self._step_epoch = 0
+        self._engine_speaking = False
+        self._barged_in = False
+        self.interrupts = 0
+        self.speech_segments = 0
+        self.audio_in_ms = 0.0
+        self.loop = UnitLoop(
+            self.slicer,
+            clock,
+            self._step,
+            self._on_result,
+            self._on_step_error,
+            grace_ms=config.unit_grace_ms,
+            max_pending=config.max_pending_units,
+            frames=self.video,
+        )
+        self.peer.on_channel = self._on_channel
+        self.peer.on_message = self._on_message
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def negotiate(self, offer_sdp: str) -> str:
+        source = self.relay.next_frame if self.mode is CallMode.LOOPBACK else self._next_out_frame
+        return await self.peer.answer(offer_sdp, source)
+
+    def stop(self, reason: str) -> None:
+        """Ask the call to end (idempotent; the first reason wins)."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self._stop.set()
+
+    async def run(self, engine: EngineBinding | None) -> str:
+        """Run the call until it ends; returns why it ended."""
+        self._engine = engine
+        self.events.send(
+            SessionCreated(
+                call_id=self.call_id,
+                engine=self.engine_name if self.mode is CallMode.ENGINE else "loopback",
+                mode=self.mode.value,
+                unit_ms=UNIT_MS,
+                input_rate=INPUT_RATE,
+                output_rate=OUTPUT_RATE,
+            )
+        )
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._watch(), name=f"{self.call_id}:watch")
+                tasks.create_task(self._read_audio(), name=f"{self.call_id}:audio-in")
+                if self.mode is CallMode.ENGINE:
+                    tasks.create_task(
+                        pump_video(self.peer.video_frames(), self._clock, self.video),
+                        name=f"{self.call_id}:video-in",
+                    )
+                    tasks.create_task(self.loop.run_ticker(), name=f"{self.call_id}:ticker")
+                    tasks.create_task(self.loop.run_stepper(), name=f"{self.call_id}:stepper")
+        except* _CallEnded:
+            pass
+        except* EngineFailing as group:
+            self.stop("engine_error")
+            self.events.send(ErrorEvent("engine_error", str(group.exceptions[0])))
+        except* Exception as group:
+            log.error("call %s failed", self.call_id, exc_info=group.exceptions[0])
+            self.stop("internal_error")
+        finally:
+            await self._teardown()
+        return self.end_reason or "ended"
+
+    async def _teardown(self) -> None:
+        self.state = CallState.ENDING
+        self.stop(self.end_reason or "ended")
+        self.events.send(SessionClosed(reason=self.end_reason or "ended"))
+        await self.events.drain(self._clock, timeout_s=0.2)
+        try:
+            await self.peer.close()
+        finally:
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                loop = asyncio.get_running_loop()
+                try:
+                    await loop.run_in_executor(engine.executor, engine.session.close)
+                except Exception:
+                    log.exception("engine session of call %s failed to close", self.call_id)
+            self.state = CallState.ENDED
+            self.finished.set()
+            log.info(
+                "call ended",
+                extra={
+                    "call_id": self.call_id,
+                    "reason": self.end_reason,
+                    "units": self.loop.steps,
+                },
+            )
+
+    async def _watch(self) -> None:
+        """Ends the call on a stop request, a dead connection or a silent client."""
+        connect_deadline = self.created_at + self._connect_timeout
+        max_end = (
+            self.created_at + self.config.max_duration_s if self.config.max_duration_s else None
+        )
+        while True:
+            if self._stop.is_set():
+                raise _CallEnded
+            now = self._clock.now()
+            if self.peer.ended.is_set():
+                self.stop("connection_closed")
+            elif not self.peer.connected.is_set():
+                if now > connect_deadline:
+                    self.stop("connect_timeout")
+            else:
+                if self.state is CallState.CONNECTING:
+                    self.state = CallState.ACTIVE
+                if now - self.peer.last_activity > self.config.idle_timeout_s:
+                    self.stop("client_gone")
+            if max_end is not None and now > max_end:
+                self.stop("max_duration")
+            if not self._stop.is_set():
+                await self._clock.wait_until(self._stop, now + _WATCH_INTERVAL_S)
+
+    # ------------------------------------------------------------ inbound
+
+    async def _read_audio(self) -> None:
+        if self.mode is CallMode.LOOPBACK:
+            async for frame in self.peer.audio_frames():
+                self.relay.put(frame)
+            return
+        await pump_audio(self.peer.audio_frames(), self._clock, self._on_audio)
+
+    def _on_audio(self, samples: Any, now: float) -> None:
+        self.audio_in_ms += samples.size * 1000 / INPUT_RATE
+        self.slicer.append(samples, now)
+        for event in self.vad.feed(samples):
+            if event.edge is SpeechEdge.STARTED:
+                self.speech_segments += 1
+                self._barged_in = False
+                self.events.send(SpeechStarted(at_ms=event.at_ms))
+            else:
+                self.events.send(SpeechStopped(at_ms=event.at_ms))
+        if (
+            self.vad.speaking
+            and not self._barged_in
+            and self.speaking
+            and self.vad.speech_ms >= self.config.barge_in_ms
+        ):
+            self._barged_in = True
+            self.interrupt("barge_in")
+
+    # ------------------------------------------------------------ engine
+
+    @property
+    def speaking(self) -> bool:
+        """Whether the service is talking (speech queued, or the engine mid-turn)."""
+        return self.playout.level > 0 or self._engine_speaking
+
+    def interrupt(self, reason: str) -> None:
+        """Barge-in: the engine stops, queued speech is dropped at once."""
+        self.interrupts += 1
+        self._epoch += 1
+        self._engine_speaking = False
+        if self._engine is not None:
+            self._engine.session.interrupt()
+        cleared = self.playout.clear()
+        self.events.send(
+            ResponseInterrupted(
+                reason="barge_in" if reason == "barge_in" else "client_cancel",
+                cleared_ms=cleared * 1000 // WIRE_RATE,
+            )
+        )
+
+    async def _step(self, unit: Unit, raw: Sequence[object]) -> StepResult:
+        engine = self._engine
+        if engine is None:
+            raise RuntimeError("no engine session")
+        self._step_epoch = self._epoch
+        frames = [f for f in raw if isinstance(f, RawFrame)]
+
+        def work() -> StepResult:
+            if frames:
+                converted = tuple(f.to_frame() for f in frames)
+                return engine.session.step(
+                    Unit(
+                        index=unit.index,
+                        start_ms=unit.start_ms,
+                        audio=unit.audio,
+                        frames=converted,
+                        captured_at=unit.captured_at,
+                        missing_ms=unit.missing_ms,
+                    )
+                )
+            return engine.session.step(unit)
+
+        return await asyncio.get_running_loop().run_in_executor(engine.executor, work)
+
+    async def _on_result(self, unit: Unit, result: StepResult, timing: StepTiming) -> None:
+        stale = self._step_epoch != self._epoch
+        speak = not result.listen and not stale
+        text = result.text if not stale else ""
+        if speak:
+            self._engine_speaking = not result.end_of_turn
+        timings = {
+            "wait_ms": round(timing.wait_ms, 1),
+            "late_ms": round(timing.late_ms, 1),
+            "step_ms": round(timing.step_ms, 1),
+        }
+        timings.update({f"engine_{k}": round(v, 1) for k, v in result.timings.items()})
+        if text:
+            self.events.send(OutputTextDelta(delta=text, unit=unit.index))
+        self.events.send(
+            UnitDone(
+                index=unit.index,
+                state="speak" if speak else "listen",
+                text=text,
+                end_of_turn=result.end_of_turn and not stale,
+                timings=timings,
+                dropped_units=timing.dropped_units,
+                missing_ms=unit.missing_ms,
+            )
+        )
+        if speak and result.audio is not None and result.audio.size:
+            await self.playout.push(self._speech_out.convert(result.audio))
+
+    def _on_step_error(self, unit: Unit, exc: Exception) -> None:
+        self.events.send(ErrorEvent("engine_error", f"unit {unit.index}: {exc}"))
+
+    # ------------------------------------------------------------ outbound
+
+    async def _next_out_frame(self) -> Any:
+        frame = await self.pacer.next_frame()
+        return pcm_frame(frame.samples, frame.pts)
+
+    # ------------------------------------------------------------ events
+
+    def _on_channel(self, port: EventsChannel) -> None:
+        self.events.attach(port)
+
+    def _on_message(self, raw: str | bytes) -> None:
+        try:
+            event = parse_client_event(raw)
+        except ProtocolError as exc:
+            self.events.send(ErrorEvent(exc.code, exc.message))
+            return
+        if isinstance(event, Ping):
+            self.events.send(Pong(id=event.id, t=event.t))
+        elif isinstance(event, ResponseCancel):
+            self.interrupt("client_cancel")
+
+    # ------------------------------------------------------------ figures
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self._clock.now()
+        return {
+            "call_id": self.call_id,
+            "state": self.state.value,
+            "mode": self.mode.value,
+            "engine": self.engine_name if self.mode is CallMode.ENGINE else "loopback",
+            "peer": self.peer.state.value,
+            "age_s": round(now - self.created_at, 3),
+            "end_reason": self.end_reason,
+            "counters": {
+                "audio_in_ms": round(self.audio_in_ms),
+                "units": self.loop.units,
+                "steps": self.loop.steps,
+                "dropped_units": self.loop.dropped_units,
+                "engine_errors": self.loop.errors,
+                "late_audio_samples": self.slicer.late_samples,
+                "speech_segments": self.speech_segments,
+                "interrupts": self.interrupts,
+                "frames_out": self.pacer.frames,
+                "frames_out_skipped": self.pacer.skipped_frames,
+                "speech_out_ms": self.playout.played * 1000 // WIRE_RATE,
+                "speech_dropped_ms": self.playout.dropped * 1000 // WIRE_RATE,
+                "speech_cleared_ms": self.playout.cleared * 1000 // WIRE_RATE,
+                "playout_ms": round(self.playout.level_ms),
+                "video_frames_in": self.video.received,
+                "events_sent": self.events.sent,
+                "events_dropped": self.events.dropped,
+                "loopback_frames_dropped": self.relay.dropped,
+            },
+            "timings_ms": {
+                "step": percentiles(self.loop.step_ms),
+                "wait": percentiles(self.loop.wait_ms),
+                "late": percentiles(self.loop.late_ms),
+                "out_frame_lateness": percentiles(self.pacer.lateness_ms),
+            },
+        }

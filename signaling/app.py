@@ -1,0 +1,71 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from omni.executor import ReplicaPool
+from realtime.clock import LoopClock
+from realtime.peer import install_patches
+from signaling import handlers
+from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
+from signaling.errors import MAX_BODY_BYTES, error_middleware
+from signaling.sessions import CallManager
+from signaling.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
+    """Build the app; the engine pool warms up in the background once it starts."""
+    install_patches()
+    web_dir = Path(settings.server.web_dir) if settings.server.web_dir else DEFAULT_WEB_DIR
+    if not (web_dir / "index.html").is_file():
+        raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[error_middleware],
+    )
+    app[MAX_BODY_BYTES] = settings.server.max_body_bytes
+    app[SETTINGS] = settings
+    app[POOL] = pool
+    app[CALLS] = CallManager(settings, pool, LoopClock())
+    app[WEB_DIR] = web_dir
+    app.cleanup_ctx.append(_lifetime)
+    app.router.add_post("/v1/calls", handlers.create_call)
+    app.router.add_get("/v1/calls/{call_id}", handlers.get_call)
+    app.router.add_delete("/v1/calls/{call_id}", handlers.delete_call)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/", handlers.index)
+    app.router.add_static("/static/", web_dir, follow_symlinks=False)
+    return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Warm the engine up in the background, run every call in one TaskGroup, and at
+    shutdown end the calls and free the replicas."""
+    pool = app[POOL]
+    calls = app[CALLS]
+    async with asyncio.TaskGroup() as tasks:
+        calls.bind(tasks)
+        warmup = tasks.create_task(_warm_up(pool), name="engine-warmup")
+        yield
+        warmup.cancel()
+        calls.stop_all("server_shutdown")
+    await pool.stop()
+
+
+async def _warm_up(pool: ReplicaPool) -> None:
+    try:
+        await pool.start()
+    except Exception as exc:
+        pool.error = pool.error or f"{pool.info.name} failed to start: {exc}"
+        log.exception("engine %s failed to start; /readyz stays 503", pool.info.name)

@@ -1,0 +1,75 @@
+"""HTTP handlers of the signaling API (docs/PROTOCOL.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from signaling.app_keys import CALLS, POOL, WEB_DIR
+from signaling.errors import ApiError
+from signaling.messages import CallAnswer, CallRequest
+
+
+async def create_call(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the offer as application/json, not {request.content_type or 'nothing'}",
+        )
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    try:
+        offer = CallRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from None
+    admitted = await request.app[CALLS].create(offer)
+    answer = CallAnswer(call_id=admitted.call_id, sdp=admitted.answer_sdp)
+    return web.json_response(
+        answer.model_dump(),
+        status=201,
+        headers={"Location": f"/v1/calls/{admitted.call_id}"},
+    )
+
+
+async def get_call(request: web.Request) -> web.Response:
+    return web.json_response(request.app[CALLS].snapshot(request.match_info["call_id"]))
+
+
+async def delete_call(request: web.Request) -> web.Response:
+    await request.app[CALLS].end(request.match_info["call_id"])
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    calls = request.app[CALLS]
+    body = {
+        "ready": pool.ready,
+        "engine": pool.info.name,
+        "engine_description": pool.info.description,
+        "replicas": pool.size,
+        "replicas_free": pool.free,
+        "calls": calls.active,
+        "max_calls": calls.max_calls,
+    }
+    if pool.error:
+        body["error"] = pool.error
+    return web.json_response(body, status=200 if pool.ready else 503)
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    page: Path = request.app[WEB_DIR] / "index.html"
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,34 @@
+"""HTTP request and response bodies of the signaling API (see docs/PROTOCOL.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SDP_CHARS = 64 * 1024
+
+
+class SessionOptions(BaseModel):
+    """Per-call options a client may send with its offer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["engine", "loopback"] = "engine"
+    """``loopback`` returns the caller's audio at once (no unit loop, no engine)."""
+    instructions: str | None = Field(default=None, max_length=4000)
+    language: Literal["en", "zh"] = "en"
+
+
+class CallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+    type: Literal["offer"]
+    session: SessionOptions = SessionOptions()
+
+
+class CallAnswer(BaseModel):
+    call_id: str
+    sdp: str
+    type: Literal["answer"] = "answer"

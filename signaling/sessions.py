@@ -1,0 +1,160 @@
+"""Admission and the registry of live calls in this process.
+
+``CallManager.create`` admits a call (an explicit slot count, plus a free engine replica for
+engine calls), negotiates it and starts it in the manager's TaskGroup; the task removes the
+call and returns its replica when the call ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from omni.api import Language, SessionConfig
+from omni.executor import Lease, ReplicaPool
+from realtime.clock import Clock
+from realtime.errors import CallError
+from realtime.session import Call, CallMode, EngineBinding
+from signaling.errors import ApiError, busy, from_call_error
+from signaling.messages import CallRequest
+from signaling.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ENDED_KEPT = 256
+_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    call_id: str
+    answer_sdp: str
+
+
+class CallManager:
+    def __init__(self, settings: Settings, pool: ReplicaPool, clock: Clock) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._clock = clock
+        self._calls: dict[str, Call] = {}
+        self._ended: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._admitting = 0
+        self._tasks: asyncio.TaskGroup | None = None
+        self.total_calls = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._calls)
+
+    @property
+    def max_calls(self) -> int:
+        return self._settings.server.max_calls
+
+    def bind(self, tasks: asyncio.TaskGroup) -> None:
+        """Run calls in ``tasks`` (the app's lifetime TaskGroup)."""
+        self._tasks = tasks
+
+    async def create(self, request: CallRequest) -> Admitted:
+        if self._tasks is None:
+            raise ApiError(503, "not_ready", "the server is starting")
+        mode = CallMode(request.session.mode)
+        if len(self._calls) + self._admitting >= self.max_calls:
+            raise busy(f"the server is at its limit of {self.max_calls} calls", _RETRY_AFTER_S)
+        lease: Lease | None = None
+        if mode is CallMode.ENGINE:
+            if not self._pool.ready:
+                raise ApiError(
+                    503,
+                    "not_ready",
+                    "the engine is still warming up",
+                    {"Retry-After": str(_RETRY_AFTER_S)},
+                )
+            lease = self._pool.try_acquire()
+            if lease is None:
+                raise busy("every engine replica is in a call", _RETRY_AFTER_S)
+        self._admitting += 1
+        call_id = "call_" + secrets.token_hex(8)
+        call = Call(
+            call_id,
+            mode,
+            engine_name=self._pool.info.name,
+            config=self._settings.call,
+            peer_config=self._settings.webrtc,
+            clock=self._clock,
+        )
+        try:
+            answer = await call.negotiate(request.sdp)
+            binding = None
+            if lease is not None:
+                config = SessionConfig(
+                    instructions=request.session.instructions,
+                    language=Language(request.session.language),
+                )
+                loop = asyncio.get_running_loop()
+                session = await loop.run_in_executor(
+                    lease.executor, lease.replica.open_session, config
+                )
+                binding = EngineBinding(self._pool.info.name, session, lease.executor)
+        except BaseException as exc:
+            self._admitting -= 1
+            await call.peer.close()
+            if lease is not None:
+                lease.release()
+            if isinstance(exc, CallError):
+                raise from_call_error(exc) from None
+            if isinstance(exc, Exception) and not isinstance(exc, ApiError):
+                log.exception("could not start call %s", call_id)
+                raise ApiError(
+                    503, "engine_unavailable", f"could not start the call: {exc}"
+                ) from None
+            raise
+        self._admitting -= 1
+        self._calls[call_id] = call
+        self.total_calls += 1
+        self._tasks.create_task(self._run(call, binding, lease), name=f"call:{call_id}")
+        log.info("call admitted", extra={"call_id": call_id, "mode": mode.value})
+        return Admitted(call_id, answer)
+
+    async def _run(self, call: Call, binding: EngineBinding | None, lease: Lease | None) -> None:
+        try:
+            await call.run(binding)
+        except Exception:
+            log.exception("call %s crashed", call.call_id)
+        finally:
+            self._calls.pop(call.call_id, None)
+            self._ended[call.call_id] = call.snapshot()
+            while len(self._ended) > _ENDED_KEPT:
+                self._ended.popitem(last=False)
+            if lease is not None:
+                lease.release()
+
+    def snapshot(self, call_id: str) -> dict[str, Any]:
+        call = self._calls.get(call_id)
+        if call is not None:
+            return call.snapshot()
+        ended = self._ended.get(call_id)
+        if ended is not None:
+            return ended
+        raise ApiError(404, "unknown_call", f"no call with id {call_id!r}")
+
+    async def end(self, call_id: str, wait_s: float = 5.0) -> None:
+        """Hang up a call and wait (bounded) until everything it held is freed."""
+        call = self._calls.get(call_id)
+        if call is None:
+            if call_id not in self._ended:
+                raise ApiError(404, "unknown_call", f"no call with id {call_id!r}")
+            return
+        call.stop("deleted")
+        try:
+            async with asyncio.timeout(wait_s):
+                await call.finished.wait()
+        except TimeoutError:
+            log.warning("call %s still ending after %.0f s", call_id, wait_s)
+
+    def stop_all(self, reason: str) -> None:
+        for call in list(self._calls.values()):
+            call.stop(reason)

@@ -1,0 +1,170 @@
+"""Settings: read once at start from a TOML file and ``OMNIRTC_*`` environment variables.
+
+Precedence, lowest first: the defaults in code (which ``configs/default.toml`` documents, one
+comment per setting), the TOML file, the environment, then command-line flags.  Environment
+names are ``OMNIRTC_<SECTION>__<KEY>``, e.g. ``OMNIRTC_SERVER__PORT=9000`` or
+``OMNIRTC_ENGINE__ECHO__MAX_UTTERANCE_S=5``; values are JSON when they parse as JSON
+(numbers, booleans, lists), strings otherwise.  This is the only module that reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from omni.echo import EchoConfig
+from realtime.config import CallConfig, PeerConfig
+
+ENV_PREFIX = "OMNIRTC_"
+ENGINE_NAMES = ("echo",)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message says which and why."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 256 * 1024
+    max_calls: int = 10
+    web_dir: str = ""
+    """Folder of the call page; empty = the web/ folder next to the packages."""
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, "server.port must be 0..65535")
+        _require(
+            1024 <= self.max_body_bytes <= 16 * 1024 * 1024,
+            "server.max_body_bytes must be 1 KiB..16 MiB",
+        )
+        _require(1 <= self.max_calls <= 1000, "server.max_calls must be 1..1000")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    name: str = "echo"
+    replicas: int = 0
+    """Model replicas (calls served at once); 0 = one per allowed call."""
+    echo: EchoConfig = field(default_factory=EchoConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.name in ENGINE_NAMES, f"engine.name must be one of {', '.join(ENGINE_NAMES)}")
+        _require(0 <= self.replicas <= 64, "engine.replicas must be 0..64")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = "INFO"
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        levels = ("DEBUG", "INFO", "WARNING", "ERROR")
+        _require(self.level.upper() in levels, f"logging.level must be one of {', '.join(levels)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    webrtc: PeerConfig = field(default_factory=PeerConfig)
+    call: CallConfig = field(default_factory=CallConfig)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    @property
+    def replicas(self) -> int:
+        return self.engine.replicas or self.server.max_calls
+
+
+def load_settings(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, the environment and ``overrides`` ("section.key")."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
+    env = os.environ if environ is None else environ
+    for name, raw in env.items():
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            keys = name[len(ENV_PREFIX) :].lower().split("__")
+            _set_path(data, keys, _parse_env_value(raw), source=name)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, dotted.split("."), value, source=f"--{dotted.split('.')[-1]}")
+    _check_keys(Settings, data, "")
+    try:
+        return TypeAdapter(Settings).validate_python(data, strict=False)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any, source: str) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"{source}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _check_keys(cls: type, data: Any, prefix: str) -> None:
+    if not isinstance(data, dict):
+        return
+    hints = typing.get_type_hints(cls)
+    known = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in known:
+            raise SettingsError(
+                f"unknown setting {where!r}; known here: {', '.join(sorted(known))}"
+            )
+        kind = known[key]
+        if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+            _check_keys(kind, value, where + ".")
+        elif typing.get_origin(kind) in (tuple, types.UnionType) and isinstance(value, list):
+            for arg in typing.get_args(kind):
+                if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+                    for item in value:
+                        _check_keys(arg, item, where + "[].")
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "value_error":
+            lines.append(error["msg"].removeprefix("Value error, "))
+        else:
+            lines.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,0 +1,76 @@
+"""Shared fixtures: a running omnirtc app on loopback, and an HTTP client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from omni.engines import EngineConfigs, build_engine
+from omni.executor import ReplicaPool
+from signaling.app import create_app
+from signaling.settings import Settings, load_settings
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: web.Application
+    settings: Settings
+    pool: ReplicaPool
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+def test_settings(**overrides: Any) -> Settings:
+    """Settings for tests: loopback candidates, fast timeouts, plus ``overrides``."""
+    values: dict[str, Any] = {"webrtc.host_addresses": ["127.0.0.1"]}
+    values.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_settings(None, environ={}, overrides=values)
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[ServerFactory]:
+    servers: list[TestServer] = []
+
+    async def start(pool: ReplicaPool | None = None, **overrides: Any) -> RunningServer:
+        settings = test_settings(**overrides)
+        if pool is None:
+            engine = build_engine(
+                settings.engine.name, settings.replicas, EngineConfigs(echo=settings.engine.echo)
+            )
+            pool = ReplicaPool(engine)
+        app = create_app(settings, pool)
+        server = TestServer(app, host="127.0.0.1", port=0)
+        await server.start_server()
+        servers.append(server)
+        url = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                async with http.get(f"{url}/readyz") as r:
+                    if r.status == 200:
+                        break
+                await _sleep(0.02)
+        return RunningServer(url, app, settings, pool)
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,196 @@
+"""A real aiortc peer that calls the server the way the browser page does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from fractions import Fraction
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from numpy.typing import NDArray
+
+RATE = 48_000
+FRAME = 960
+
+
+class PlayerTrack(MediaStreamTrack):
+    """Sends queued audio (48 kHz mono float32) in real time, silence when nothing is queued."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[NDArray[np.float32]] = deque()
+        self._pts = 0
+        self._start: float | None = None
+        self.sent_at: list[tuple[float, int]] = []
+        """(monotonic time, pts) of every frame that carried queued audio."""
+
+    def play(self, samples: NDArray[np.float32]) -> None:
+        for i in range(0, samples.size, FRAME):
+            chunk = samples[i : i + FRAME]
+            if chunk.size < FRAME:
+                chunk = np.pad(chunk, (0, FRAME - chunk.size))
+            self._queue.append(chunk)
+
+    @property
+    def pending_s(self) -> float:
+        return len(self._queue) * FRAME / RATE
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        due = self._start + self._pts / RATE
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self._queue:
+            chunk = self._queue.popleft()
+            self.sent_at.append((time.monotonic(), self._pts))
+        else:
+            chunk = np.zeros(FRAME, dtype=np.float32)
+        pcm = (np.clip(chunk, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, RATE)
+        self._pts += FRAME
+        return frame
+
+
+class ColourTrack(MediaStreamTrack):
+    """A 15 fps video track of one flat colour (RGB), changeable at run time."""
+
+    kind = "video"
+
+    def __init__(self, rgb: tuple[int, int, int] = (220, 30, 30)) -> None:
+        super().__init__()
+        self.rgb = rgb
+        self._pts = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        due = self._start + self._pts / 90_000
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        img = np.zeros((240, 320, 3), dtype=np.uint8)
+        img[:] = self.rgb
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = self._pts
+        frame.time_base = Fraction(1, 90_000)
+        self._pts += 6000
+        return frame
+
+
+class Caller:
+    """Calls ``base_url`` with a PlayerTrack (and optionally video) and records what returns."""
+
+    def __init__(self, base_url: str, session: dict[str, Any] | None = None, video: bool = False) -> None:
+        self.base_url = base_url
+        self.session = session or {}
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.player = PlayerTrack()
+        self.video = ColourTrack() if video else None
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.received: list[tuple[float, NDArray[np.float32]]] = []
+        self.call_id: str | None = None
+        self.connected = asyncio.Event()
+        self.channel_open = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.channel = self.pc.createDataChannel("events")
+        self.channel.on("message", self._on_message)
+        self.channel.on("open", self.channel_open.set)
+        self.pc.addTrack(self.player)
+        if self.video is not None:
+            self.pc.addTrack(self.video)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self.connected.set()
+
+    def _on_message(self, message: str) -> None:
+        self.events.append((time.monotonic(), json.loads(message)))
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._tasks.append(asyncio.ensure_future(self._read(track)))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                for out in resampler.resample(frame):
+                    self.received.append((now, out.to_ndarray().reshape(-1).copy()))
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def call(self, http: aiohttp.ClientSession, connect_timeout: float = 10.0) -> dict[str, Any]:
+        sdp = await self.offer()
+        async with http.post(
+            f"{self.base_url}/v1/calls",
+            json={"sdp": sdp, "type": "offer", "session": self.session},
+        ) as response:
+            body = await response.json()
+            assert response.status == 201, body
+            assert response.headers["Location"] == f"/v1/calls/{body['call_id']}"
+        self.call_id = body["call_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
+        async with asyncio.timeout(connect_timeout):
+            await self.connected.wait()
+            await self.channel_open.wait()
+        return dict(body)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(message))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for _, e in self.events if e["type"] == kind]
+
+    async def wait_for(self, kind: str, timeout: float, count: int = 1) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while len(self.of_type(kind)) < count:
+                await asyncio.sleep(0.02)
+        return self.of_type(kind)
+
+    def audio(self, since: float = 0.0) -> NDArray[np.float32]:
+        chunks = [c for t, c in self.received if t >= since]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def first_loud(self, since: float, threshold: float = 0.02) -> float | None:
+        """Arrival time of the first received 20 ms frame louder than ``threshold`` RMS."""
+        for t, chunk in self.received:
+            if t >= since and float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2))) > threshold:
+                return t
+        return None
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
