@@ -90,7 +90,7 @@ class Call:
         self.mode = mode
         self.engine_name = engine_name
         self.config = config
-        self.state = CallState.CONNECTING
+        self._ending = False
         self.end_reason: str | None = None
         self._clock = clock
         self._connect_timeout = peer_config.connect_timeout_s
@@ -129,6 +129,14 @@ class Call:
         self.peer.on_message = self._on_message
 
     # ------------------------------------------------------------ lifecycle
+
+    @property
+    def state(self) -> CallState:
+        if self.finished.is_set():
+            return CallState.ENDED
+        if self._ending:
+            return CallState.ENDING
+        return CallState.ACTIVE if self.peer.connected.is_set() else CallState.CONNECTING
 
     async def negotiate(self, offer_sdp: str) -> str:
         source = self.relay.next_frame if self.mode is CallMode.LOOPBACK else self._next_out_frame
@@ -177,7 +185,7 @@ class Call:
         return self.end_reason or "ended"
 
     async def _teardown(self) -> None:
-        self.state = CallState.ENDING
+        self._ending = True
         self.stop(self.end_reason or "ended")
         self.events.send(SessionClosed(reason=self.end_reason or "ended"))
         await self.events.drain(self._clock, timeout_s=0.2)
@@ -191,7 +199,6 @@ class Call:
                     await loop.run_in_executor(engine.executor, engine.session.close)
                 except Exception:
                     log.exception("engine session of call %s failed to close", self.call_id)
-            self.state = CallState.ENDED
             self.finished.set()
             log.info(
                 "call ended",
@@ -217,11 +224,8 @@ class Call:
             elif not self.peer.connected.is_set():
                 if now > connect_deadline:
                     self.stop("connect_timeout")
-            else:
-                if self.state is CallState.CONNECTING:
-                    self.state = CallState.ACTIVE
-                if now - self.peer.last_activity > self.config.idle_timeout_s:
-                    self.stop("client_gone")
+            elif now - self.peer.last_activity > self.config.idle_timeout_s:
+                self.stop("client_gone")
             if max_end is not None and now > max_end:
                 self.stop("max_duration")
             if not self._stop.is_set():
