@@ -35,17 +35,31 @@ async def _valid_offer() -> str:
         (b'{"sdp": "v=0", "type": "answer"}', "application/json", 400, "invalid_request"),
         (b'{"sdp": "", "type": "offer"}', "application/json", 400, "invalid_request"),
         (b'{"sdp": "hello", "type": "offer"}', "application/json", 400, "invalid_sdp"),
-        (b'{"sdp": "v=0\\r\\ns=-\\r\\n", "type": "offer"}', "application/json", 400, "unsupported_codec"),
+        (
+            b'{"sdp": "v=0\\r\\ns=-\\r\\n", "type": "offer"}',
+            "application/json",
+            400,
+            "unsupported_codec",
+        ),
         (b'{"sdp": "x", "type": "offer", "extra": 1}', "application/json", 400, "invalid_request"),
-        (b'{"sdp": "x", "type": "offer", "session": {"mode": "karaoke"}}', "application/json", 400, "invalid_request"),
+        (
+            b'{"sdp": "x", "type": "offer", "session": {"mode": "karaoke"}}',
+            "application/json",
+            400,
+            "invalid_request",
+        ),
         (b"sdp=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (b"v=0", "application/sdp", 415, "unsupported_media_type"),
         (b"\xff\xfe\x00", "application/json", 400, "invalid_json"),
     ],
 )
 async def test_bad_offers_get_clear_errors(
-    start_server: ServerFactory, http: aiohttp.ClientSession,
-    body: bytes, content_type: str, status: int, code: str,
+    start_server: ServerFactory,
+    http: aiohttp.ClientSession,
+    body: bytes,
+    content_type: str,
+    status: int,
+    code: str,
 ) -> None:
     server = await start_server()
     async with http.post(
@@ -63,13 +77,15 @@ async def test_unsupported_codec_is_named(
     lines = []
     for line in sdp.split("\r\n"):
         if line.startswith("m=audio"):
-            line = " ".join(line.split(" ")[:3] + ["103"])
+            line = " ".join([*line.split(" ")[:3], "103"])
         elif line.startswith("a=rtpmap:"):
             continue
         lines.append(line)
         if line.startswith("m=audio"):
             lines.append("a=rtpmap:103 ISAC/16000")
-    async with http.post(f"{server.url}/v1/calls", json={"sdp": "\r\n".join(lines), "type": "offer"}) as r:
+    async with http.post(
+        f"{server.url}/v1/calls", json={"sdp": "\r\n".join(lines), "type": "offer"}
+    ) as r:
         assert r.status == 400
         error = await _error(r)
     assert error["code"] == "unsupported_codec"
@@ -88,7 +104,9 @@ async def test_garbage_that_looks_like_sdp_is_rejected(
         assert (await r.json())["calls"] == 0
 
 
-async def test_oversized_body_is_413(start_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+async def test_oversized_body_is_413(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     server = await start_server(server__max_body_bytes=4096)
     async with http.post(
         f"{server.url}/v1/calls", data=b"x" * 10_000, headers={"Content-Type": "application/json"}
@@ -99,7 +117,9 @@ async def test_oversized_body_is_413(start_server: ServerFactory, http: aiohttp.
     assert "4096" in error["message"]
 
 
-async def test_unknown_call_ids_are_404(start_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+async def test_unknown_call_ids_are_404(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     server = await start_server()
     for method in ("GET", "DELETE"):
         async with http.request(method, f"{server.url}/v1/calls/call_nope") as r:
@@ -107,7 +127,9 @@ async def test_unknown_call_ids_are_404(start_server: ServerFactory, http: aioht
             assert (await _error(r))["code"] == "unknown_call"
 
 
-async def test_unknown_route_and_method(start_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+async def test_unknown_route_and_method(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     server = await start_server()
     async with http.get(f"{server.url}/v2/nothing") as r:
         assert r.status == 404
@@ -117,7 +139,9 @@ async def test_unknown_route_and_method(start_server: ServerFactory, http: aioht
         assert (await _error(r))["code"] == "method_not_allowed"
 
 
-async def test_health_ready_and_page(start_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+async def test_health_ready_and_page(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     server = await start_server()
     async with http.get(f"{server.url}/healthz") as r:
         assert r.status == 200

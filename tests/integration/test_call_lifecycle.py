@@ -28,7 +28,9 @@ async def _snapshot(http: aiohttp.ClientSession, url: str, call_id: str) -> dict
         return dict(await r.json())
 
 
-async def _wait_ended(http: aiohttp.ClientSession, url: str, call_id: str, timeout: float) -> dict[str, Any]:
+async def _wait_ended(
+    http: aiohttp.ClientSession, url: str, call_id: str, timeout: float
+) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
             snap = await _snapshot(http, url, call_id)
@@ -85,8 +87,12 @@ async def test_a_vanished_client_is_noticed_and_freed(
 ) -> None:
     server = await start_server(call__idle_timeout_s=2.0)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.vanishing_client", server.url,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tests.support.vanishing_client",
+        server.url,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -204,7 +210,9 @@ async def test_barge_in_interrupts_and_clears_playout(
         await caller.close()
 
 
-async def test_client_cancel_interrupts(start_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+async def test_client_cancel_interrupts(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     engine = ScriptedEngine(speak_from=0)
     server = await start_server(pool=_scripted_pool(engine))
     caller = Caller(server.url)
@@ -263,7 +271,9 @@ async def test_an_engine_that_always_fails_ends_only_its_call(
         await asyncio.gather(caller.close(), loop_caller.close())
 
 
-async def test_video_frames_reach_the_engine(start_server: ServerFactory, http: aiohttp.ClientSession) -> None:
+async def test_video_frames_reach_the_engine(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
     engine = ScriptedEngine()
     server = await start_server(pool=_scripted_pool(engine), call__video_frames_per_unit=2)
     caller = Caller(server.url, video=True)

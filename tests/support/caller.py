@@ -105,7 +105,9 @@ class ColourTrack(MediaStreamTrack):
 class Caller:
     """Calls ``base_url`` with a PlayerTrack (and optionally video) and records what returns."""
 
-    def __init__(self, base_url: str, session: dict[str, Any] | None = None, video: bool = False) -> None:
+    def __init__(
+        self, base_url: str, session: dict[str, Any] | None = None, video: bool = False
+    ) -> None:
         self.base_url = base_url
         self.session = session or {}
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -150,7 +152,9 @@ class Caller:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return str(self.pc.localDescription.sdp)
 
-    async def call(self, http: aiohttp.ClientSession, connect_timeout: float = 10.0) -> dict[str, Any]:
+    async def call(
+        self, http: aiohttp.ClientSession, connect_timeout: float = 10.0
+    ) -> dict[str, Any]:
         sdp = await self.offer()
         async with http.post(
             f"{self.base_url}/v1/calls",

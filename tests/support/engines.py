@@ -34,7 +34,9 @@ class ScriptedSession:
         if owner.speak_from is not None and unit.index >= owner.speak_from:
             t = np.arange(OUTPUT_UNIT_SAMPLES) / 24_000
             audio = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            return StepResult(listen=False, text=f"u{unit.index} ", audio=audio, timings={"fake": 1.0})
+            return StepResult(
+                listen=False, text=f"u{unit.index} ", audio=audio, timings={"fake": 1.0}
+            )
         return StepResult(listen=True, timings={"fake": 1.0})
 
     def interrupt(self) -> None:

@@ -12,7 +12,9 @@ from numpy.typing import NDArray
 _FORMANTS = ((700.0, 130.0), (1220.0, 200.0), (2600.0, 300.0))
 
 
-def speechlike(seconds: float, rate: int = 48_000, seed: int = 1, level: float = 0.3) -> NDArray[np.float32]:
+def speechlike(
+    seconds: float, rate: int = 48_000, seed: int = 1, level: float = 0.3
+) -> NDArray[np.float32]:
     """Voiced, syllable-modulated audio with formants, which VADs take for speech."""
     rng = np.random.default_rng(seed)
     n = int(seconds * rate)
@@ -43,7 +45,9 @@ def silence(seconds: float, rate: int = 48_000) -> NDArray[np.float32]:
     return np.zeros(int(seconds * rate), dtype=np.float32)
 
 
-def tone(seconds: float, freq: float, rate: int = 48_000, level: float = 0.3) -> NDArray[np.float32]:
+def tone(
+    seconds: float, freq: float, rate: int = 48_000, level: float = 0.3
+) -> NDArray[np.float32]:
     t = np.arange(int(seconds * rate)) / rate
     return (level * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
@@ -61,7 +65,9 @@ def write_wav(path: Path, samples: NDArray[np.float32], rate: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def write_y4m(path: Path, seconds: float, fps: int = 15, width: int = 320, height: int = 240) -> None:
+def write_y4m(
+    path: Path, seconds: float, fps: int = 15, width: int = 320, height: int = 240
+) -> None:
     """A YUV4MPEG2 clip: a colour bar that changes colour every second."""
     colours = [(81, 90, 240), (145, 54, 34), (41, 240, 110)]  # red, green, blue in YCbCr
     buf = io.BytesIO()
