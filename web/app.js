@@ -50,10 +50,11 @@ async function listDevices() {
   const devices = await navigator.mediaDevices.enumerateDevices();
   const fill = (select, kind, keep) => {
     const current = select.value;
-    select.querySelectorAll("option:not([value=''])").forEach((o) => o.remove());
-    devices.filter((d) => d.kind === kind).forEach((d, i) => {
+    select.querySelectorAll("option[data-device]").forEach((o) => o.remove());
+    devices.filter((d) => d.kind === kind && d.deviceId && d.deviceId !== "default").forEach((d, i) => {
       const o = document.createElement("option");
       o.value = d.deviceId;
+      o.dataset.device = "1";
       o.textContent = d.label || `${kind} ${i + 1}`;
       select.appendChild(o);
     });
@@ -162,9 +163,10 @@ async function startCall() {
   clearError();
   ui.call.disabled = true;
   try {
+    const pick = (value) => (value && value !== "default" ? { exact: value } : undefined);
     stream = await navigator.mediaDevices.getUserMedia({
-      audio: { deviceId: ui.mic.value || undefined, echoCancellation: true, noiseSuppression: true },
-      video: ui.camera.value ? { deviceId: ui.camera.value, width: 640, height: 480 } : false,
+      audio: { deviceId: pick(ui.mic.value), echoCancellation: true, noiseSuppression: true },
+      video: ui.camera.value ? { deviceId: pick(ui.camera.value), width: 640, height: 480 } : false,
     });
   } catch (err) {
     showError(describeMediaError(err));
@@ -189,7 +191,7 @@ async function startCall() {
   call.addEventListener("error", (e) => showError(`Connection lost. ${e.detail.message}`));
   call.addEventListener("ended", (e) => endCall(e.detail.reason));
   try {
-    await call.start(stream);
+    observed.callId = await call.start(stream);
   } catch (err) {
     showError(describeCallError(err));
     endCall("failed");

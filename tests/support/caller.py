@@ -22,6 +22,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from numpy.typing import NDArray
 
+from realtime.peer import install_patches
+
 RATE = 48_000
 FRAME = 960
 
@@ -108,6 +110,7 @@ class Caller:
     def __init__(
         self, base_url: str, session: dict[str, Any] | None = None, video: bool = False
     ) -> None:
+        install_patches()  # aioice offers no 127.0.0.1 candidate without it (loopback-only hosts)
         self.base_url = base_url
         self.session = session or {}
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
