@@ -1,0 +1,57 @@
+# omnirtc: `make serve` sets up and starts the service; `make test` sets up and runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+# Debian packages the test suite needs (a real browser, speech tools, Redis, network namespaces).
+TEST_DEBS := chromium chromium-driver espeak-ng sox redis-server iproute2 util-linux
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: serve test lint unit install install-dev system-deps bench clean
+
+serve: install
+	$(BIN)/omnirtc serve $(ARGS)
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+system-deps:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null \
+	  || { $(SUDO) apt-get update -q >/dev/null && \
+	       $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	fi
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# As root, the suite runs in a private network namespace with only loopback (TESTING.md).
+test: install-dev system-deps lint
+	@if [ "$$(id -u)" = 0 ] && unshare -n true 2>/dev/null; then \
+	  echo "running the tests in a private network namespace"; \
+	  unshare -n sh -c 'ip link set lo up && exec $(BIN)/pytest -q $(PYTEST_ARGS)'; \
+	else \
+	  $(BIN)/pytest -q $(PYTEST_ARGS); \
+	fi
+
+unit: install-dev
+	$(BIN)/pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
