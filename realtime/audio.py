@@ -26,6 +26,7 @@ class InboundAudio:
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=INPUT_RATE)
         self._max_gap_s = max_gap_s
         self._next_pts_s: float | None = None
+        self._started = False
         self.gap_samples = 0
         """Input samples filled with silence because packets never came."""
         self.dropped_frames = 0
@@ -53,10 +54,20 @@ class InboundAudio:
                 if gap:
                     self.gap_samples += gap
                     parts.append(self._resample_silence(gap, rate, frame.layout.name))
+        first = not self._started
+        self._started = True
         if start_s is not None:
             self._next_pts_s = start_s + frame.samples / rate
         frame.pts = None
-        parts.append(self._resample(frame))
+        converted = self._resample(frame)
+        if first:
+            # The resampler holds back a few samples (its filter delay).  Pad the start by as
+            # much, so that the output count matches the input time after every frame and a
+            # unit completes with the frame that carries its last sample, not one frame later.
+            expected = round(frame.samples * INPUT_RATE / rate)
+            if converted.size < expected:
+                parts.append(np.zeros(expected - converted.size, dtype=np.float32))
+        parts.append(converted)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _resample_silence(self, samples: int, rate: int, layout: str) -> NDArray[np.float32]:
