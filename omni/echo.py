@@ -51,10 +51,10 @@ class EchoConfig:
     """WebRTC VAD mode, 0..3."""
 
     def __post_init__(self) -> None:
-        _require(0.5 <= self.max_utterance_s <= 60, "echo.max_utterance_s must be 0.5..60")
-        _require(90 <= self.end_silence_ms <= 5000, "echo.end_silence_ms must be 90..5000")
-        _require(30 <= self.min_speech_ms <= 5000, "echo.min_speech_ms must be 30..5000")
-        _require(0 <= self.aggressiveness <= 3, "echo.aggressiveness must be 0..3")
+        _require(0.5 <= self.max_utterance_s <= 60, "max_utterance_s must be 0.5..60")
+        _require(90 <= self.end_silence_ms <= 5000, "end_silence_ms must be 90..5000")
+        _require(30 <= self.min_speech_ms <= 5000, "min_speech_ms must be 30..5000")
+        _require(0 <= self.aggressiveness <= 3, "aggressiveness must be 0..3")
 
 
 class EchoSession:
@@ -62,7 +62,9 @@ class EchoSession:
         self._config = config
         self._vad = webrtcvad.Vad(config.aggressiveness)
         self._carry = np.zeros(0, dtype=np.float32)
-        limit = int((config.max_utterance_s + 2 * _PAD_MS / 1000) * INPUT_RATE)
+        # The recording also holds the silence that ends an utterance, trimmed afterwards.
+        keep_s = config.max_utterance_s + (config.end_silence_ms + 2 * _PAD_MS) / 1000
+        limit = int(keep_s * INPUT_RATE)
         self._recording = np.zeros(limit, dtype=np.float32)
         self._recorded = 0
         """Samples in the recording (a ring: the newest ``limit`` samples are kept)."""
@@ -74,7 +76,6 @@ class EchoSession:
         self._reply_pos = 0
         self._reply_text = ""
         self._interrupted = threading.Event()
-        self._heard_while_speaking = False
         self.discarded_utterances = 0
 
     @property
@@ -87,7 +88,6 @@ class EchoSession:
             self._interrupted.clear()
             self._reply = np.zeros(0, dtype=np.float32)
             self._reply_pos = 0
-            self._heard_while_speaking = False
         utterance = self._listen(unit.audio)
         listened = time.perf_counter()
         if utterance is not None:

@@ -7,6 +7,7 @@ Outbound: 24 kHz mono float32 speech becomes 48 kHz mono s16 for the Opus encode
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
@@ -19,64 +20,79 @@ WIRE_RATE = 48_000
 """Sample rate of call audio on the wire (Opus) and of the outbound track."""
 
 
+@dataclass(frozen=True, slots=True)
+class Converted:
+    gap: int
+    """16 kHz samples of silence that come first: media that never arrived."""
+    samples: NDArray[np.float32]
+
+
+_INT_SCALE = {"s16": 1 / 32768, "s16p": 1 / 32768, "s32": 1 / 2**31, "s32p": 1 / 2**31}
+
+
+def to_mono(frame: av.AudioFrame) -> NDArray[np.float32]:
+    """The frame's channels averaged into one float32 channel in [-1, 1]."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    planes = data if frame.format.is_planar else data.reshape(-1, channels).T
+    mono: NDArray[np.float32] = (
+        planes.mean(axis=0, dtype=np.float32) if channels > 1 else planes[0].astype(np.float32)
+    )
+    scale = _INT_SCALE.get(frame.format.name)
+    if scale is not None:
+        mono *= scale
+    return mono
+
+
 class InboundAudio:
     """Converts one inbound track's frames to a gap-free 16 kHz mono float32 stream."""
 
-    def __init__(self, max_gap_s: float = 5.0) -> None:
+    def __init__(self) -> None:
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=INPUT_RATE)
-        self._max_gap_s = max_gap_s
         self._next_pts_s: float | None = None
         self._started = False
         self.gap_samples = 0
-        """Input samples filled with silence because packets never came."""
+        """16 kHz samples of silence standing in for packets that never came."""
         self.dropped_frames = 0
         """Frames dropped because their media time had already been covered."""
 
-    def convert(self, frame: av.AudioFrame, elapsed_s: float) -> NDArray[np.float32]:
-        """Samples to append for ``frame`` (silence first if packets were lost).
+    def convert(self, frame: av.AudioFrame, elapsed_s: float) -> Converted:
+        """What to append for ``frame``: silence first if packets were lost, then its samples.
 
         ``elapsed_s`` is the wall time since the previous frame: a timestamp jump far beyond
         it is a discontinuity of the sender's clock, not lost media.
         """
         rate = frame.sample_rate
+        duration = frame.samples / rate
         base = frame.time_base
         start_s = float(frame.pts * base) if frame.pts is not None and base is not None else None
-        parts: list[NDArray[np.float32]] = []
+        gap = 0
         if start_s is not None and self._next_pts_s is not None:
             gap_s = start_s - self._next_pts_s
-            if gap_s <= -frame.samples / rate / 2:
+            if gap_s <= -duration / 2:
                 self.dropped_frames += 1
-                return np.zeros(0, dtype=np.float32)
-            if gap_s > 0.5 / rate:
-                if gap_s > max(2 * elapsed_s + 0.2, self._max_gap_s):
-                    gap_s = max(0.0, elapsed_s - frame.samples / rate)
-                gap = round(gap_s * rate)
-                if gap:
-                    self.gap_samples += gap
-                    parts.append(self._resample_silence(gap, rate, frame.layout.name))
-        first = not self._started
-        self._started = True
+                return Converted(0, np.zeros(0, dtype=np.float32))
+            if gap_s > 2 * elapsed_s + 0.2:
+                gap_s = max(0.0, elapsed_s - duration)
+            gap = max(0, round(gap_s * INPUT_RATE))
+            self.gap_samples += gap
         if start_s is not None:
-            self._next_pts_s = start_s + frame.samples / rate
-        frame.pts = None
-        converted = self._resample(frame)
-        if first:
+            self._next_pts_s = start_s + duration
+        mono = av.AudioFrame.from_ndarray(
+            to_mono(frame).reshape(1, -1), format="flt", layout="mono"
+        )
+        mono.sample_rate = rate
+        converted = self._resample(mono)
+        if not self._started:
+            self._started = True
             # The resampler holds back a few samples (its filter delay).  Pad the start by as
             # much, so that the output count matches the input time after every frame and a
             # unit completes with the frame that carries its last sample, not one frame later.
-            expected = round(frame.samples * INPUT_RATE / rate)
+            expected = round(duration * INPUT_RATE)
             if converted.size < expected:
-                parts.append(np.zeros(expected - converted.size, dtype=np.float32))
-        parts.append(converted)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def _resample_silence(self, samples: int, rate: int, layout: str) -> NDArray[np.float32]:
-        channels = 2 if layout == "stereo" else 1
-        silent = av.AudioFrame.from_ndarray(
-            np.zeros((1, samples * channels), dtype=np.int16), format="s16", layout=layout
-        )
-        silent.sample_rate = rate
-        return self._resample(silent)
+                pad = np.zeros(expected - converted.size, dtype=np.float32)
+                converted = np.concatenate([pad, converted])
+        return Converted(gap, converted)
 
     def _resample(self, frame: av.AudioFrame) -> NDArray[np.float32]:
         out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]

@@ -17,11 +17,11 @@ class IceServer:
     credential: str | None = None
 
     def __post_init__(self) -> None:
-        _require(len(self.urls) > 0, "an ICE server needs at least one url")
+        _require(len(self.urls) > 0, "urls must hold at least one url")
         for url in self.urls:
             _require(
                 url.startswith(("stun:", "turn:", "turns:")),
-                f"ICE server url {url!r} must start with stun:, turn: or turns:",
+                f"urls must start with stun:, turn: or turns: (not {url!r})",
             )
 
 
@@ -48,9 +48,9 @@ class VadConfig:
     """Unvoiced audio after which speech counts as stopped."""
 
     def __post_init__(self) -> None:
-        _require(0 <= self.aggressiveness <= 3, "vad.aggressiveness must be 0..3")
-        _require(20 <= self.start_ms <= 300, "vad.start_ms must be 20..300")
-        _require(20 <= self.stop_ms <= 5000, "vad.stop_ms must be 20..5000")
+        _require(0 <= self.aggressiveness <= 3, "aggressiveness must be 0..3")
+        _require(20 <= self.start_ms <= 300, "start_ms must be 20..300")
+        _require(20 <= self.stop_ms <= 5000, "stop_ms must be 20..5000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +76,11 @@ class CallConfig:
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self) -> None:
-        _require(self.idle_timeout_s > 0, "call.idle_timeout_s must be > 0")
-        _require(0 <= self.unit_grace_ms <= 2000, "call.unit_grace_ms must be 0..2000")
-        _require(1 <= self.max_pending_units <= 10, "call.max_pending_units must be 1..10")
-        _require(200 <= self.playout_max_ms <= 60_000, "call.playout_max_ms must be 200..60000")
-        _require(
-            20 <= self.outbound_max_lag_ms <= 2000, "call.outbound_max_lag_ms must be 20..2000"
-        )
-        _require(0 <= self.video_frames_per_unit <= 10, "call.video_frames_per_unit must be 0..10")
-        _require(self.barge_in_ms >= 0, "call.barge_in_ms must be >= 0")
-        _require(self.max_duration_s >= 0, "call.max_duration_s must be >= 0")
+        _require(self.idle_timeout_s > 0, "idle_timeout_s must be > 0")
+        _require(0 <= self.unit_grace_ms <= 2000, "unit_grace_ms must be 0..2000")
+        _require(1 <= self.max_pending_units <= 10, "max_pending_units must be 1..10")
+        _require(200 <= self.playout_max_ms <= 60_000, "playout_max_ms must be 200..60000")
+        _require(20 <= self.outbound_max_lag_ms <= 2000, "outbound_max_lag_ms must be 20..2000")
+        _require(0 <= self.video_frames_per_unit <= 10, "video_frames_per_unit must be 0..10")
+        _require(self.barge_in_ms >= 0, "barge_in_ms must be >= 0")
+        _require(self.max_duration_s >= 0, "max_duration_s must be >= 0")

@@ -128,14 +128,19 @@ class ProtocolError(Exception):
         self.message = message
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_client_event(raw: str | bytes) -> ClientEvent:
     """Parse one client message; raises ProtocolError with a code for the client."""
-    if len(raw) > MAX_CLIENT_MESSAGE_BYTES:
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > MAX_CLIENT_MESSAGE_BYTES:
         raise ProtocolError(
             "message_too_large", f"messages are limited to {MAX_CLIENT_MESSAGE_BYTES} bytes"
         )
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("invalid_json", f"message is not JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
@@ -144,7 +149,9 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
     if kind == "ping":
         ping_id = body.get("id")
         stamp = body.get("t")
-        if ping_id is not None and not isinstance(ping_id, (str, int)):
+        if ping_id is not None and (
+            isinstance(ping_id, bool) or not isinstance(ping_id, (str, int))
+        ):
             raise ProtocolError("invalid_event", "ping.id must be a string or an integer")
         if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, (int, float))):
             raise ProtocolError("invalid_event", "ping.t must be a number")

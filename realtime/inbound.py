@@ -18,7 +18,8 @@ from realtime.audio import InboundAudio, video_to_rgb
 from realtime.clock import Clock
 from realtime.slicer import UnitSlicer
 
-AudioSink = Callable[[NDArray[np.float32], float], None]
+AudioSink = Callable[[NDArray[np.float32], float, int], None]
+"""Receives (samples, arrival time, samples of silence that come before them)."""
 
 
 async def pump_audio(
@@ -32,10 +33,10 @@ async def pump_audio(
     previous: float | None = None
     async for frame in frames:
         now = clock.now()
-        samples = converter.convert(frame, now - previous if previous is not None else 0.0)
+        converted = converter.convert(frame, now - previous if previous is not None else 0.0)
         previous = now
-        if samples.size:
-            sink(samples, now)
+        if converted.samples.size or converted.gap:
+            sink(converted.samples, now, converted.gap)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, DuplexSession, StepResult, Unit
 from realtime.audio import WIRE_RATE, OutboundAudio, pcm_frame
 from realtime.clock import Clock
@@ -240,10 +243,12 @@ class Call:
             return
         await pump_audio(self.peer.audio_frames(), self._clock, self._on_audio)
 
-    def _on_audio(self, samples: Any, now: float) -> None:
+    def _on_audio(self, samples: NDArray[np.float32], now: float, gap: int) -> None:
         self.audio_in_ms += samples.size * 1000 / INPUT_RATE
-        self.slicer.append(samples, now)
-        for event in self.vad.feed(samples):
+        self.slicer.append(samples, now, gap)
+        events = self.vad.feed(np.zeros(min(gap, INPUT_RATE), dtype=np.float32)) if gap else []
+        events += self.vad.feed(samples)
+        for event in events:
             if event.edge is SpeechEdge.STARTED:
                 self.speech_segments += 1
                 self._barged_in = False

@@ -30,6 +30,8 @@ class UnitSlicer:
         """Index of the oldest unit not yet taken."""
         self._write = 0
         """Media position of the next appended sample."""
+        self._holes: deque[tuple[int, int]] = deque(maxlen=64)
+        """Stretches of media (positions) skipped as silence, for ``missing_ms``."""
         self._completed: deque[float] = deque()
         """Arrival times of the units (from the oldest open one) whose last sample is in."""
         self._anchor: float | None = None
@@ -76,15 +78,18 @@ class UnitSlicer:
         index = int(seconds // 1)
         return index, seconds - index
 
-    def append(self, samples: NDArray[np.float32], now: float) -> None:
-        """Append the next samples of the stream, which arrived at ``now``."""
+    def append(self, samples: NDArray[np.float32], now: float, gap: int = 0) -> None:
+        """Append the next samples of the stream, which arrived at ``now``, after ``gap``
+        samples of media that never arrived (silence)."""
         if self._anchor is None:
             self._anchor = now - samples.size / INPUT_RATE
             self.anchored.set()
         elif not self._offsets and samples.size:
             # Anchored by start() before any audio: place this audio at its wall time.
             at_wall = round((now - self._anchor) * INPUT_RATE) - samples.size
-            self._write = max(self._open_index * UNIT_SAMPLES, at_wall)
+            gap = max(gap, at_wall - self._write)
+        if gap > 0:
+            self._skip(gap)
         start_unit = self._open_index * UNIT_SAMPLES
         if self._write < start_unit:
             late = min(samples.size, start_unit - self._write)
@@ -98,6 +103,17 @@ class UnitSlicer:
             self._track_offset(now)
         if self._write >= self._target:
             self.reached.set()
+
+    def _skip(self, count: int) -> None:
+        """Advance over ``count`` samples that never arrived (they stay silent)."""
+        self._holes.append((self._write, self._write + count))
+        self._write += count
+        open_start = self._open_index * UNIT_SAMPLES
+        end = max(0, self._write - open_start)
+        if end > self._buf.size:
+            grown = np.zeros(end, dtype=np.float32)
+            grown[: self._buf.size] = self._buf
+            self._buf = grown
 
     def _store(self, samples: NDArray[np.float32]) -> None:
         start = self._write - self._open_index * UNIT_SAMPLES
@@ -123,16 +139,20 @@ class UnitSlicer:
         """Finalize the oldest open unit (silence where audio is missing)."""
         index = self._open_index
         start = index * UNIT_SAMPLES
+        end = start + UNIT_SAMPLES
         have = min(UNIT_SAMPLES, max(0, self._write - start))
         audio = self._buf[:UNIT_SAMPLES].copy()
         audio[have:] = 0.0
+        skipped = sum(max(0, min(b, start + have) - max(a, start)) for a, b in self._holes)
+        while self._holes and self._holes[0][1] <= end:
+            self._holes.popleft()
         unit = Unit(
             index=index,
             start_ms=index * UNIT_MS,
             audio=audio,
             frames=frames,
             captured_at=self._completed.popleft() if self._completed else 0.0,
-            missing_ms=(UNIT_SAMPLES - have) * 1000 // INPUT_RATE,
+            missing_ms=(UNIT_SAMPLES - have + skipped) * 1000 // INPUT_RATE,
         )
         remaining = max(0, self._write - start - UNIT_SAMPLES)
         self._buf[:remaining] = self._buf[UNIT_SAMPLES : UNIT_SAMPLES + remaining]

@@ -137,6 +137,7 @@ class UnitLoop:
                 self.errors += 1
                 consecutive_errors += 1
                 log.exception("engine step failed on unit %d", unit.index)
+                self._dropped_since_step += dropped
                 self._on_error(unit, exc)
                 if consecutive_errors >= self._max_errors:
                     raise EngineFailing(

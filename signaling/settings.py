@@ -49,12 +49,12 @@ class ServerSettings:
     """Folder of the call page; empty = the web/ folder next to the packages."""
 
     def __post_init__(self) -> None:
-        _require(0 <= self.port <= 65535, "server.port must be 0..65535")
+        _require(0 <= self.port <= 65535, "port must be 0..65535")
         _require(
             1024 <= self.max_body_bytes <= 16 * 1024 * 1024,
-            "server.max_body_bytes must be 1 KiB..16 MiB",
+            "max_body_bytes must be 1 KiB..16 MiB",
         )
-        _require(1 <= self.max_calls <= 1000, "server.max_calls must be 1..1000")
+        _require(1 <= self.max_calls <= 1000, "max_calls must be 1..1000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +65,8 @@ class EngineSettings:
     echo: EchoConfig = field(default_factory=EchoConfig)
 
     def __post_init__(self) -> None:
-        _require(self.name in ENGINE_NAMES, f"engine.name must be one of {', '.join(ENGINE_NAMES)}")
-        _require(0 <= self.replicas <= 64, "engine.replicas must be 0..64")
+        _require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")
+        _require(0 <= self.replicas <= 64, "replicas must be 0..64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ class LoggingSettings:
 
     def __post_init__(self) -> None:
         levels = ("DEBUG", "INFO", "WARNING", "ERROR")
-        _require(self.level.upper() in levels, f"logging.level must be one of {', '.join(levels)}")
+        _require(self.level.upper() in levels, f"level must be one of {', '.join(levels)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +164,9 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"])
         if error["type"] == "value_error":
-            lines.append(error["msg"].removeprefix("Value error, "))
+            # Our own checks name the field first ("port must be ..."): prefix its section.
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}.{message}" if where else message)
         else:
             lines.append(f"{where}: {error['msg']}" if where else error["msg"])
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.benchlib import FRAME, RATE, BenchCall, ScriptTrack, fmt, free_port, omnirtc_server  # noqa: E402
+from tools.benchlib import FRAME, RATE, BenchCall, ScriptTrack, fmt, free_port, omnirtc_server
 
 CYCLE_S = 5.3  # not a whole number of units: utterances end at every phase of a unit
 TALK_S = 2.0
@@ -65,7 +65,9 @@ class Talker:
         return self._cycle[i * FRAME : (i + 1) * FRAME]
 
     def utterance_ends(self) -> list[float]:
-        return sorted(t for k, t in self.track.sent.items() if k % self._frames == self._last_voiced)
+        return sorted(
+            t for k, t in self.track.sent.items() if k % self._frames == self._last_voiced
+        )
 
 
 def reply_delays(call: BenchCall, talker: Talker) -> list[float]:
@@ -147,7 +149,8 @@ async def main() -> None:
     )
     print(f"{'frame arrival jitter at client (ms)':44}{fmt(result['arrival_jitter'])}")
     for n, (per, total) in cpu.items():
-        print(f"{'server CPU, ' + str(n) + ' echo calls':44}{per:6.1f} % of a core per call ({total:5.1f} % total)")
+        label = f"server CPU, {n} echo calls"
+        print(f"{label:44}{per:6.1f} % of a core per call ({total:5.1f} % total)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.benchlib import (  # noqa: E402
+from tools.benchlib import (
     FRAME,
     RATE,
     BenchCall,
@@ -136,7 +136,12 @@ async def main() -> None:
             f"http://127.0.0.1:{ours_port}/v1/calls",
             {"session": {"mode": "loopback"}},
         ),
-        Target("stock aiortc echo", stock_server(stock_port), f"http://127.0.0.1:{stock_port}/offer", {}),
+        Target(
+            "stock aiortc echo",
+            stock_server(stock_port),
+            f"http://127.0.0.1:{stock_port}/offer",
+            {},
+        ),
     ]
     results = {t.name: await measure(t, args.seconds, loads) for t in targets}
     ours, stock = (results[t.name] for t in targets)
@@ -155,7 +160,8 @@ async def main() -> None:
         base = f"{s_per:6.1f} %/call ({s_tot:5.1f} % total)"
         print(f"{'server CPU, ' + str(n) + ' calls':34}{line:>34}{base:>34}")
     o_rtt, s_rtt = pct(ours["rtt"], 50), pct(stock["rtt"], 50)  # type: ignore[arg-type]
-    print(f"\nround trip p50: omnirtc {o_rtt:.1f} ms vs stock {s_rtt:.1f} ms -> x{s_rtt / o_rtt:.2f} faster")
+    print(f"\nround trip p50: omnirtc {o_rtt:.1f} ms vs stock {s_rtt:.1f} ms")
+    print(f"  -> x{s_rtt / o_rtt:.2f} faster")
     for n in loads:
         o, s = ours[f"cpu{n}"][0], stock[f"cpu{n}"][0]  # type: ignore[index]
         print(f"CPU per call at {n}: omnirtc {o:.1f} % vs stock {s:.1f} % -> x{s / o:.2f} less")

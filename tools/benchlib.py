@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections import deque
@@ -86,8 +85,12 @@ class BenchCall:
     """One client call: sends a script, records received audio per 20 ms frame."""
 
     track: ScriptTrack
-    pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
-    received: deque[tuple[float, NDArray[np.float32]]] = field(default_factory=lambda: deque(maxlen=30_000))
+    pc: RTCPeerConnection = field(
+        default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    )
+    received: deque[tuple[float, NDArray[np.float32]]] = field(
+        default_factory=lambda: deque(maxlen=30_000)
+    )
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     immediate_jitter_buffer: bool = True
     """Hand each received packet to the decoder at once (else aiortc's stock 4-packet wait)."""
@@ -101,11 +104,16 @@ class BenchCall:
         channel.on("message", lambda m: self.events.append((time.monotonic(), json.loads(m))))
         self.pc.addTrack(self.track)
         connected = asyncio.Event()
-        self.pc.on("connectionstatechange", lambda: self.pc.connectionState == "connected" and connected.set())
+        self.pc.on(
+            "connectionstatechange",
+            lambda: self.pc.connectionState == "connected" and connected.set(),
+        )
         self.pc.on("track", self._on_track)
         began = time.monotonic()
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        async with http.post(url, json={**body, "sdp": self.pc.localDescription.sdp, "type": "offer"}) as r:
+        async with http.post(
+            url, json={**body, "sdp": self.pc.localDescription.sdp, "type": "offer"}
+        ) as r:
             answer = await r.json()
             if r.status not in (200, 201):
                 raise RuntimeError(f"call refused: {r.status} {answer}")
@@ -138,7 +146,9 @@ class BenchCall:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def onsets(received: deque[tuple[float, NDArray[np.float32]]], since: float, threshold: float = 0.05) -> list[float]:
+def onsets(
+    received: deque[tuple[float, NDArray[np.float32]]], since: float, threshold: float = 0.05
+) -> list[float]:
     """Arrival times of received frames where sound starts after at least 200 ms of quiet."""
     found: list[float] = []
     quiet = 0.0
@@ -162,12 +172,15 @@ class ServerProcess:
     args: list[str]
     env: dict[str, str]
     ready_url: str
-    proc: subprocess.Popen[bytes] | None = None
+    proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> ServerProcess:
-        self.proc = subprocess.Popen(
-            self.args, cwd=ROOT, env={**os.environ, **self.env},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         async with aiohttp.ClientSession() as http:
             for _ in range(300):
@@ -179,12 +192,14 @@ class ServerProcess:
         raise RuntimeError(f"server did not start: {self.args}")
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.proc is not None:
+        if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+                async with asyncio.timeout(10):
+                    await self.proc.wait()
+            except TimeoutError:
                 self.proc.kill()
+                await self.proc.wait()
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None
