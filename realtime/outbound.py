@@ -56,7 +56,8 @@ class OutboundPacer:
             await self._clock.sleep_until(due)
             now = self._clock.now()
         elif now - due > self._max_lag:
-            skip = int((now - due) / (FRAME_MS / 1000))
+            # (+1e-9: a stall of exactly n frames must skip n, despite float rounding)
+            skip = int((now - due) / (FRAME_MS / 1000) + 1e-9)
             self._k += skip
             self.skipped_frames += skip
             self._playout.drop(skip * self._frame_samples)

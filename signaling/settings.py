@@ -110,7 +110,10 @@ def load_settings(
     for name, raw in env.items():
         if name.startswith(ENV_PREFIX) and "__" in name:
             keys = name[len(ENV_PREFIX) :].lower().split("__")
-            _set_path(data, keys, _parse_env_value(raw), source=name)
+            value = _parse_env_value(raw)
+            if _field_type(Settings, keys) is str and not isinstance(value, str):
+                value = raw  # a string setting takes the text as it is ("2024", "true")
+            _set_path(data, keys, value, source=name)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(data, dotted.split("."), value, source=f"--{dotted.split('.')[-1]}")
@@ -126,6 +129,19 @@ def _parse_env_value(raw: str) -> Any:
         return json.loads(raw)
     except ValueError:
         return raw
+
+
+def _field_type(cls: type, keys: list[str]) -> object:
+    """The declared type of the setting at ``keys`` (None when there is no such setting)."""
+    kind: object = cls
+    for key in keys:
+        if not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+            return None
+        hints = typing.get_type_hints(kind)
+        if key not in hints:
+            return None
+        kind = hints[key]
+    return kind
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: Any, source: str) -> None:

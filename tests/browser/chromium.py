@@ -36,7 +36,9 @@ def chromium_args(wav: Path, y4m: Path | None) -> list[str]:
 @asynccontextmanager
 async def chromium(wav: Path, y4m: Path | None = None) -> AsyncIterator[Browser]:
     if shutil.which(CHROMIUM) is None:
-        raise RuntimeError(f"{CHROMIUM} is missing: `make test` installs the Debian chromium package")
+        raise RuntimeError(
+            f"{CHROMIUM} is missing: `make test` installs the Debian chromium package"
+        )
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=chromium_args(wav, y4m)

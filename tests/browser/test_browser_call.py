@@ -51,7 +51,9 @@ async def test_browser_call_with_echo_engine(
             )
             await _wait(page, "() => window.omnirtcPage.audio.loudMs >= 1000", 8)
         except Exception:
-            raise AssertionError(f"page state: {await _observed(page)}; console: {console}") from None
+            raise AssertionError(
+                f"page state: {await _observed(page)}; console: {console}"
+            ) from None
         observed = await _observed(page)
         types = [e["type"] for e in observed["events"]]
         assert types[0] == "session.created"
@@ -77,9 +79,7 @@ async def test_browser_call_with_echo_engine(
             assert (await r.json())["state"] == "ended"
 
 
-async def test_browser_shows_server_busy(
-    start_server: ServerFactory, tmp_path: Path
-) -> None:
+async def test_browser_shows_server_busy(start_server: ServerFactory, tmp_path: Path) -> None:
     server = await start_server(server__max_calls=1)
     wav = tmp_path / "mic.wav"
     write_wav(wav, silence(5.0), 48_000)

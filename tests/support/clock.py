@@ -22,7 +22,7 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -81,9 +81,10 @@ class FakeClock:
                 self._now = deadline
             return event.is_set()
         timer = self._schedule(deadline)
-        waiter = asyncio.ensure_future(event.wait())
+        waiter: asyncio.Future[bool] = asyncio.ensure_future(event.wait())
+        both: set[asyncio.Future[Any]] = {timer, waiter}
         try:
-            await asyncio.wait({timer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
         finally:
             timer.cancel()
             if not waiter.done():

@@ -118,6 +118,20 @@ async def test_a_stall_longer_than_max_lag_skips_ahead_and_drops_stale_audio() -
     assert nxt.samples[0] == 35 + 1
 
 
+async def test_a_stall_of_a_whole_number_of_frames_lands_exactly_on_schedule() -> None:
+    clock = FakeClock(T0, autojump=True)
+    playout = PlayoutBuffer(RATE, 4000)
+    pacer = OutboundPacer(playout, clock, max_lag_ms=80)
+    await fill(playout, range(100))
+    for _ in range(10):
+        await pacer.next_frame()
+    await clock.advance(0.5)  # frame 10 (due at +200 ms) is asked for at +680 ms
+    frame = await pacer.next_frame()
+    assert pacer.skipped_frames == 24
+    assert frame.pts == 34 * FRAME
+    assert pacer.lateness_ms[-1] == pytest.approx(0, abs=1e-6)
+
+
 async def test_a_stall_just_past_max_lag_skips_whole_frames_only() -> None:
     clock = FakeClock(T0, autojump=True)
     pacer = OutboundPacer(PlayoutBuffer(RATE, 1000), clock, max_lag_ms=80)

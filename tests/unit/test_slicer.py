@@ -171,6 +171,24 @@ def test_anchor_tracks_the_earliest_arrival_under_jitter() -> None:
     assert slicer.due_time(5) == pytest.approx(T0 + 6.0, abs=0.005)
 
 
+def test_anchor_drops_a_late_start_once_packets_come_on_time() -> None:
+    slicer = UnitSlicer()
+    for k in range(50):  # the first second comes 80 ms late (e.g. a jitter buffer filling)
+        slicer.append(ramp(k * 320, 320), T0 + (k + 1) * 0.02 + 0.08)
+    assert slicer.due_time(1) == pytest.approx(T0 + 2.08)
+    for k in range(50, 150):  # then on time
+        slicer.append(ramp(k * 320, 320), T0 + (k + 1) * 0.02)
+    assert slicer.due_time(3) == pytest.approx(T0 + 4.0, abs=1e-6)
+
+
+def test_anchor_ignores_a_stretch_of_late_packets() -> None:
+    slicer = UnitSlicer()
+    for k in range(500):  # 10 s; seconds 4..6 arrive 200 ms late (congestion)
+        late = 0.2 if 200 <= k < 300 else 0.0
+        slicer.append(ramp(k * 320, 320), T0 + (k + 1) * 0.02 + late)
+        assert slicer.due_time(20) == pytest.approx(T0 + 21.0, abs=1e-6)
+
+
 def test_due_time_before_start_raises() -> None:
     with pytest.raises(RuntimeError):
         UnitSlicer().due_time(0)
@@ -228,29 +246,24 @@ def test_first_audio_after_start_is_placed_at_its_wall_clock_position() -> None:
     offset = int(0.48 * INPUT_RATE)  # 102.48 - 102.0
     assert not unit.audio[:offset].any()
     np.testing.assert_array_equal(unit.audio[offset:], ramp(0, UNIT_SAMPLES - offset))
-    np.testing.assert_array_equal(
-        slicer.take().audio[: offset], ramp(UNIT_SAMPLES - offset, offset)
-    )
+    np.testing.assert_array_equal(slicer.take().audio[:offset], ramp(UNIT_SAMPLES - offset, offset))
     assert slicer.due_time(5) == pytest.approx(106.0, abs=0.001)
 
 
-def test_first_audio_after_start_lands_in_the_open_unit_when_it_is_behind() -> None:
+def test_first_audio_after_start_for_a_taken_unit_is_late() -> None:
     slicer = UnitSlicer()
     slicer.start(100.0)
     slicer.take()
-    slicer.take()
-    # Arrives at 101.5 (in unit 1, already taken): it starts the open unit 2 instead.
-    slicer.append(ramp(0, 320), 101.5)
-    assert slicer.position == 2 * UNIT_SAMPLES + 320
-    feed_ramp(slicer, 320, UNIT_SAMPLES, 320, 101.52)
-    np.testing.assert_array_equal(slicer.take().audio, ramp(0, UNIT_SAMPLES))
+    slicer.take()  # units 0 and 1 ran silent: the open unit 2 starts at wall time 102.0
+    # Audio starts arriving at 101.5, in unit 1's time: that part is late and dropped.
+    feed_ramp(slicer, 0, UNIT_SAMPLES + 8000, 320, 101.5)
+    assert slicer.late_samples == 8000
+    unit = slicer.take()
+    assert unit.index == 2
+    np.testing.assert_array_equal(unit.audio, ramp(8000, UNIT_SAMPLES))
+    assert unit.missing_ms == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: media never received before the first audio placed at its wall-clock "
-    "position is counted as present, so missing_ms is 0",
-)
 def test_units_before_first_audio_placed_at_wall_clock_report_it_missing() -> None:
     slicer = UnitSlicer()
     slicer.start(100.0)
@@ -259,7 +272,55 @@ def test_units_before_first_audio_placed_at_wall_clock_report_it_missing() -> No
     feed_ramp(slicer, 0, UNIT_SAMPLES, 320, 102.48)
     unit = slicer.take()
     assert not unit.audio[:7680].any()
-    assert unit.missing_ms >= 480
+    assert unit.missing_ms == 480
+    assert slicer.take().missing_ms == 520, "unit 3's tail has not come yet"
+
+
+def test_a_reported_gap_skips_media_time_and_counts_as_missing() -> None:
+    slicer = UnitSlicer()
+    feed_ramp(slicer, 0, 8000, 320, T0)
+    # 5000 samples were lost (the converter says so); the stream goes on after them.
+    slicer.append(ramp(13_000, 320), T0 + 13_320 / INPUT_RATE, gap=5000)
+    assert slicer.position == 13_320
+    feed_ramp(slicer, 13_320, 2 * UNIT_SAMPLES, 320, T0 + 13_320 / INPUT_RATE)
+    unit = slicer.take()
+    np.testing.assert_array_equal(unit.audio[:8000], ramp(0, 8000))
+    assert not unit.audio[8000:13_000].any()
+    np.testing.assert_array_equal(unit.audio[13_000:], ramp(13_000, 3000))
+    assert unit.missing_ms == 5000 * 1000 // INPUT_RATE
+    nxt = slicer.take()
+    np.testing.assert_array_equal(nxt.audio, ramp(UNIT_SAMPLES, UNIT_SAMPLES))
+    assert nxt.missing_ms == 0
+    assert slicer.due_time(2) == pytest.approx(T0 + 3.0)
+
+
+def test_a_gap_spanning_units_completes_them_as_missing() -> None:
+    slicer = UnitSlicer()
+    feed_ramp(slicer, 0, 12_000, 320, T0)
+    slicer.append(ramp(40_000, 320), T0 + 40_320 / INPUT_RATE, gap=28_000)
+    assert slicer.reached.is_set()
+    units = [slicer.take(), slicer.take()]
+    assert [u.missing_ms for u in units] == [250, 1000]
+    assert not units[1].audio.any()
+    assert units[1].captured_at == pytest.approx(T0 + 40_320 / INPUT_RATE)
+    feed_ramp(slicer, 40_320, 3 * UNIT_SAMPLES, 320, T0 + 40_320 / INPUT_RATE)
+    third = slicer.take()
+    assert third.missing_ms == 500
+    np.testing.assert_array_equal(third.audio[8000:], ramp(40_000, 8000))
+
+
+def test_a_gap_after_a_deadline_take_keeps_later_units_aligned() -> None:
+    slicer = UnitSlicer()
+    feed_ramp(slicer, 0, 9600, 320, T0)
+    assert slicer.take().missing_ms == 400  # deadline: packets stopped at 0.6 s
+    # Packets resume at media time 1.5 s; the converter reports the 0.9 s gap.
+    slicer.append(ramp(24_000, 320), T0 + 24_320 / INPUT_RATE, gap=24_000 - 9600)
+    feed_ramp(slicer, 24_320, 3 * UNIT_SAMPLES, 320, T0 + 24_320 / INPUT_RATE)
+    assert slicer.late_samples == 0
+    unit = slicer.take()
+    assert unit.missing_ms == 500
+    np.testing.assert_array_equal(unit.audio[8000:], ramp(24_000, 8000))
+    np.testing.assert_array_equal(slicer.take().audio, ramp(2 * UNIT_SAMPLES, UNIT_SAMPLES))
 
 
 def test_locate_maps_wall_time_to_unit_and_fraction() -> None:

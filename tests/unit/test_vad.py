@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -75,7 +77,7 @@ def test_speech_ms_grows_while_speaking() -> None:
         if detector.speaking:
             seen.append(((start + 320) * 1000 // RATE, detector.speech_ms))
     assert seen, "speech must have started"
-    assert all(b[1] > a[1] for a, b in zip(seen, seen[1:], strict=False))
+    assert all(b[1] > a[1] for a, b in itertools.pairwise(seen))
     when, speech_ms = seen[-1]
     assert when == 3500
     assert speech_ms == pytest.approx(2500, abs=200)
