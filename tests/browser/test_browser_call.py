@@ -46,7 +46,8 @@ async def test_browser_call_with_echo_engine(
             await _wait(page, "() => window.omnirtcPage.callId", 10)
             await _wait(
                 page,
-                "() => window.omnirtcPage.events.some(e => e.type === 'response.output_text.delta')",
+                "() => window.omnirtcPage.events.some("
+                "e => e.type === 'response.output_text.delta')",
                 12,
             )
             await _wait(page, "() => window.omnirtcPage.audio.loudMs >= 1000", 8)
