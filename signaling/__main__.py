@@ -22,7 +22,8 @@ from aiohttp import web
 from omni.engines import EngineConfigs, build_engine
 from omni.executor import ReplicaPool
 from signaling.app import create_app
-from signaling.settings import ENGINE_NAMES, Settings, SettingsError, load_settings
+from signaling.settings import Settings, SettingsError, load_settings
+from omni.engines import ENGINE_NAMES
 
 log = logging.getLogger("omnirtc")
 
@@ -98,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(settings: Settings) -> int:
     engine = build_engine(
-        settings.engine.name, settings.replicas, EngineConfigs(echo=settings.engine.echo)
+        settings.engine.name,
+        settings.engine.replicas,
+        settings.server.max_calls,
+        EngineConfigs(echo=settings.engine.echo, lite=settings.engine.lite),
     )
     pool = ReplicaPool(engine)
     try:

