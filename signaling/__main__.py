@@ -19,11 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from omni.engines import EngineConfigs, build_engine
+from omni.engines import ENGINE_NAMES, EngineConfigs, build_engine
 from omni.executor import ReplicaPool
 from signaling.app import create_app
 from signaling.settings import Settings, SettingsError, load_settings
-from omni.engines import ENGINE_NAMES
 
 log = logging.getLogger("omnirtc")
 

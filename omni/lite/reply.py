@@ -33,11 +33,10 @@ def split_sentence(text: str) -> tuple[str, str] | None:
     if match is not None and match.start() > 0:
         return text[: match.end(1)].strip(), text[match.end() :]
     if len(text) > _LONG_CLAUSE:
-        clause = None
-        for clause in _CLAUSE_END.finditer(text):
-            pass
-        if clause is not None:
-            return text[: clause.start() + 1].strip(), text[clause.end() :]
+        clauses = list(_CLAUSE_END.finditer(text))
+        if clauses:
+            last = clauses[-1]
+            return text[: last.start() + 1].strip(), text[last.end() :]
     return None
 
 
