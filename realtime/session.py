@@ -314,8 +314,7 @@ class Call:
         stale = self._step_epoch != self._epoch
         speak = not result.listen and not stale
         text = result.text if not stale else ""
-        if speak:
-            self._engine_speaking = not result.end_of_turn
+        self._engine_speaking = speak and not result.end_of_turn
         timings = {
             "wait_ms": round(timing.wait_ms, 1),
             "late_ms": round(timing.late_ms, 1),

@@ -15,6 +15,9 @@ from omni.engines import EngineConfigs, build_engine
 from omni.executor import ReplicaPool
 from signaling.app import create_app
 from signaling.settings import Settings, load_settings
+from tests.lite.models import replica, speaker
+
+__all__ = ["replica", "speaker"]
 
 
 @dataclass

@@ -108,7 +108,7 @@ async def test_a_vanished_client_is_noticed_and_freed(
         assert time.monotonic() - killed < 2.0 + 3.0
         assert snap["end_reason"] == "client_gone"
         assert snap["counters"]["audio_in_ms"] > 1000
-        assert (await _ready(http, server.url))["replicas_free"] == server.settings.replicas
+        assert (await _ready(http, server.url))["replicas_free"] == server.pool.size
     finally:
         if process.returncode is None:
             process.kill()

@@ -1,0 +1,40 @@
+"""Real models for the lite engine tests (loaded once per test session)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import soxr
+from numpy.typing import NDArray
+
+from omni.api import INPUT_RATE, OUTPUT_RATE
+from omni.lite.config import LiteConfig
+from omni.lite.engine import LiteReplica
+from omni.lite.tts import Voice
+
+
+class Speaker:
+    """Speaks test sentences with Piper (the engine's own voice package)."""
+
+    def __init__(self) -> None:
+        self._voice = Voice(threads=2, speech_rate=1.0)
+        self._voice.load()
+
+    def say(self, text: str, rate: int = INPUT_RATE) -> NDArray[np.float32]:
+        audio = self._voice.synthesize(text)
+        return soxr.resample(audio, OUTPUT_RATE, rate).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def speaker() -> Speaker:
+    return Speaker()
+
+
+@pytest.fixture(scope="session")
+def replica() -> Iterator[LiteReplica]:
+    replica = LiteReplica(LiteConfig(max_reply_sentences=4, max_reply_tokens=96))
+    replica.warmup()
+    yield replica
+    replica.shutdown()
