@@ -42,10 +42,11 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float], digits: int = 1) -> str:
     if not values:
         return "n/a"
-    return f"p50 {pct(values, 50):7.1f}  p95 {pct(values, 95):7.1f}  (n={len(values)})"
+    p50, p95 = pct(values, 50), pct(values, 95)
+    return f"p50 {p50:7.{digits}f}  p95 {p95:7.{digits}f}  (n={len(values)})"
 
 
 class ScriptTrack(MediaStreamTrack):
