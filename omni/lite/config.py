@@ -18,6 +18,9 @@ class LiteConfig:
     """CPU threads each replica's language model and speech synthesis may use."""
     end_pause_ms: int = 500
     """Silence after speech that ends the person's turn."""
+    speculate_after_ms: int = 200
+    """A unit that ends in a pause at least this long (but shorter than end_pause_ms) starts
+    recognising and answering the turn already; 0 = never."""
     min_speech_ms: int = 250
     """Voiced audio below this is a noise, not a turn."""
     vad_threshold: float = 0.5
@@ -38,6 +41,10 @@ class LiteConfig:
     def __post_init__(self) -> None:
         _require(1 <= self.threads <= 64, "threads must be 1..64")
         _require(100 <= self.end_pause_ms <= 3000, "end_pause_ms must be 100..3000")
+        _require(
+            0 <= self.speculate_after_ms <= self.end_pause_ms,
+            "speculate_after_ms must be 0..end_pause_ms",
+        )
         _require(32 <= self.min_speech_ms <= 3000, "min_speech_ms must be 32..3000")
         _require(0.05 <= self.vad_threshold <= 0.95, "vad_threshold must be 0.05..0.95")
         _require(0 < len(self.system_prompt) <= 2000, "system_prompt must be 1..2000 characters")

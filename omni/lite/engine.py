@@ -52,6 +52,14 @@ class LiteSession:
         self._interrupt = threading.Event()
         self._lock = threading.Lock()
         self._barged_in = False
+        self._heard_so_far: list[str] = []
+        """Text of the current turn already recognised (its utterance was finished early to
+        speculate)."""
+        self._speculative: Reply | None = None
+        self._speculated_at_voiced_ms = 0
+        self.speculated: list[str] = []
+        """Questions answered early, in order (for logs and tests)."""
+        self.speculation_hits = 0
         self.heard: list[str] = []
         """What the person said, turn by turn (for logs and tests)."""
         self.replies: list[str] = []
@@ -69,6 +77,7 @@ class LiteSession:
         if self._interrupt.is_set():
             self._interrupt.clear()
             self._stop_reply()
+            self._drop_speculation(keep_text=True)
             self._barged_in = True
         update = self._turns.feed(unit.audio)
         asr_ms = 0.0
@@ -80,9 +89,13 @@ class LiteSession:
                 asr.feed(turn_step.audio)
             elif turn_step.kind is Step.DISCARD:
                 asr.abort()
+                self._drop_speculation()
             elif turn_step.kind is Step.END:
                 new_reply = self._end_of_turn(asr) or new_reply
             asr_ms += (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        self._speculate(asr)
+        asr_ms += (time.perf_counter() - t) * 1000
         timings = {"vad": update.vad_ms, "asr": asr_ms}
         result = self._deliver(new_reply, timings)
         timings["total"] = (time.perf_counter() - began) * 1000
@@ -96,6 +109,7 @@ class LiteSession:
 
     def close(self) -> None:
         self._stop_reply()
+        self._drop_speculation()
         job = self._reply_job
         if job is not None:
             try:
@@ -112,18 +126,75 @@ class LiteSession:
         """The person finished a turn: answer it, unless it ended over our own speech."""
         if self.speaking and not self._barged_in:
             asr.abort()
+            self._drop_speculation()
             self.dropped_turns += 1
             return False
         self._barged_in = False
-        text = asr.finish().strip()
+        last = asr.finish().strip()
+        text = " ".join([*self._heard_so_far, last]).strip()
+        self._heard_so_far = []
+        speculative, self._speculative = self._speculative, None
         if not text:
+            if speculative is not None:
+                speculative.cancel()
             return False
         self.heard.append(text)
+        if speculative is not None and not last and speculative.question == text:
+            # Nothing was said after we speculated: the reply is already being spoken.
+            self.speculation_hits += 1
+            self._stop_reply()
+            with self._lock:
+                self._reply = speculative
+            return True
+        if speculative is not None:
+            speculative.cancel()
         self._start_reply(text)
         return True
 
+    def _speculate(self, asr: SpeechRecognizer) -> None:
+        """In a pause that may be the end of the turn, recognise and answer it already.
+
+        The turn ends only after ``end_pause_ms``, at the end of a unit: if a unit ends in a
+        shorter pause, the next unit will most likely end the turn.  Finishing the recognition
+        and starting the reply now hides their time; if the person goes on talking, the reply
+        is dropped and what they said so far is kept for the turn's full text.
+        """
+        turns, config = self._turns, self._config
+        if self._speculative is not None and turns.voiced_ms > self._speculated_at_voiced_ms:
+            self._drop_speculation(keep_text=True)
+        if (
+            not config.speculate_after_ms
+            or self._speculative is not None
+            or turns.pause_ms < config.speculate_after_ms
+            or turns.voiced_ms < config.min_speech_ms
+            or self.speaking
+        ):
+            return
+        part = asr.finish().strip()
+        if part:
+            self._heard_so_far.append(part)
+        question = " ".join(self._heard_so_far).strip()
+        if not question:
+            return
+        self.speculated.append(question)
+        self._speculated_at_voiced_ms = turns.voiced_ms
+        self._speculative = self._launch(question)
+
+    def _drop_speculation(self, keep_text: bool = False) -> None:
+        speculative, self._speculative = self._speculative, None
+        if speculative is not None:
+            speculative.cancel()
+        if not keep_text:
+            self._heard_so_far = []
+
     def _start_reply(self, question: str) -> None:
         self._stop_reply()
+        reply = self._launch(question)
+        with self._lock:
+            self._reply = reply
+
+    def _launch(self, question: str) -> Reply:
+        """Start writing and speaking a reply to ``question`` in the background."""
         messages = [{"role": "system", "content": self._system}]
         if self._config.memory_turns:
             for asked, answered in self._history:
@@ -131,12 +202,11 @@ class LiteSession:
                 messages.append({"role": "assistant", "content": answered})
         messages.append({"role": "user", "content": question})
         reply = Reply(question, self._config.max_reply_sentences)
-        with self._lock:
-            self._reply = reply
         replica = self._replica
         self._reply_job = replica.reply_thread.submit(
             reply.write, replica.model, replica.voice, messages
         )
+        return reply
 
     def _stop_reply(self) -> None:
         with self._lock:

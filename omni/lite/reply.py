@@ -109,7 +109,8 @@ class Reply:
             self.text = generation.text
             self.stats.first_token_ms = generation.first_token_ms
             self.stats.tokens = generation.tokens
-            self.stats.llm_ms = generation.total_ms
+            # Speech for finished sentences is made inside the generation callback.
+            self.stats.llm_ms = max(0.0, generation.total_ms - self.stats.tts_ms)
             if spoken < self.max_sentences and pending.strip() and not self.cancelled.is_set():
                 self._speak(voice, pending.strip())
         except BaseException as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
+import webrtcvad
 from numpy.typing import NDArray
 
 from omni.api import INPUT_RATE
@@ -24,6 +25,10 @@ FRAME = 512
 """Samples per Silero frame (32 ms at 16 kHz)."""
 FRAME_MS = FRAME * 1000 // INPUT_RATE
 _PREROLL_FRAMES = 10
+_GATE = INPUT_RATE * 30 // 1000
+"""Samples WebRTC VAD looks at in each frame (it takes 10, 20 or 30 ms)."""
+_KEEP_AFTER_SPEECH_FRAMES = 6
+"""Silence kept after the last voiced frame of a turn for recognition (about 200 ms)."""
 
 SpeechProbability = Callable[[bytes], float]
 """Probability that one 512-sample int16 frame is speech (stateful across calls)."""
@@ -73,6 +78,15 @@ class TurnUpdate:
     def add_audio(self, frame: NDArray[np.float32]) -> None:
         self._pending.append(frame)
 
+    @property
+    def pending_frames(self) -> int:
+        return len(self._pending)
+
+    def drop_tail(self, frames: int) -> None:
+        """Leave out the last ``frames`` frames of this feed's audio (silence after a turn)."""
+        if frames > 0:
+            del self._pending[-frames:]
+
     def add(self, kind: Step) -> None:
         self.flush()
         self.steps.append(TurnStep(kind))
@@ -91,6 +105,7 @@ class TurnDetector:
     def __init__(self, config: LiteConfig, probability: SpeechProbability) -> None:
         self._config = config
         self._probability = probability
+        self._gate = webrtcvad.Vad(1)
         self._carry = np.zeros(0, dtype=np.float32)
         self._preroll: deque[NDArray[np.float32]] = deque(maxlen=_PREROLL_FRAMES)
         self.state = TurnState.IDLE
@@ -101,6 +116,11 @@ class TurnDetector:
     @property
     def voiced_ms(self) -> int:
         return self._voiced_ms
+
+    @property
+    def pause_ms(self) -> int:
+        """Silence since the last voiced frame of a turn in progress (0 when idle)."""
+        return self._silence_ms if self.state is TurnState.IN_TURN else 0
 
     def reset(self) -> None:
         self._carry = np.zeros(0, dtype=np.float32)
@@ -117,9 +137,11 @@ class TurnDetector:
         began = time.perf_counter()
         for offset in range(0, whole, FRAME):
             frame = data[offset : offset + FRAME]
-            voiced = (
-                self._probability(pcm[offset : offset + FRAME].tobytes())
-                >= self._config.vad_threshold
+            frame_pcm = pcm[offset : offset + FRAME]
+            # WebRTC VAD (microseconds, high recall) screens out plain silence; Silero
+            # (about 1.5 ms a frame, far fewer false alarms) decides the rest.
+            voiced = self._gate.is_speech(frame_pcm[:_GATE].tobytes(), INPUT_RATE) and (
+                self._probability(frame_pcm.tobytes()) >= self._config.vad_threshold
             )
             self._advance(frame, voiced, update)
         update.flush()
@@ -154,4 +176,8 @@ class TurnDetector:
         if not (paused or too_long):
             return
         self.state = TurnState.IDLE
+        silent = self._silence_ms // FRAME_MS
+        in_feed = min(silent, update.pending_frames)
+        keep = max(0, _KEEP_AFTER_SPEECH_FRAMES - (silent - in_feed))
+        update.drop_tail(in_feed - keep)
         update.add(Step.END if self._voiced_ms >= config.min_speech_ms else Step.DISCARD)

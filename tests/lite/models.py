@@ -23,7 +23,12 @@ class Speaker:
         self._voice.load()
 
     def say(self, text: str, rate: int = INPUT_RATE) -> NDArray[np.float32]:
+        """``text`` spoken, without the silence Piper puts around it (so pauses are exact)."""
         audio = self._voice.synthesize(text)
+        loud = np.flatnonzero(np.abs(audio) > 0.02)
+        if loud.size:
+            margin = OUTPUT_RATE // 50
+            audio = audio[max(0, loud[0] - margin) : loud[-1] + margin]
         return soxr.resample(audio, OUTPUT_RATE, rate).astype(np.float32)
 
 
