@@ -37,7 +37,20 @@ def conversation(
     return np.concatenate([lead, question, tail])
 
 
-_DISTRACTORS = "hello yes no maybe water garden yellow seven window music morning table".split()
+_DISTRACTORS = [
+    "hello",
+    "yes",
+    "no",
+    "maybe",
+    "water",
+    "garden",
+    "yellow",
+    "seven",
+    "window",
+    "music",
+    "morning",
+    "table",
+]
 
 
 def transcribe(audio24k: NDArray[np.float32], vocabulary: set[str]) -> str:
