@@ -1,8 +1,7 @@
 """Builds an engine by name; heavy engines are imported only when chosen.
 
-``auto`` picks the best engine this machine can run: ``minicpmo`` where CUDA and its model
-are present (once that engine exists), else ``lite`` when its packages are installed, else
-``echo``.
+``auto`` picks the best engine this machine can run: ``minicpmo`` where its dependencies,
+CUDA and its weights are present, else ``lite`` when its packages are installed, else ``echo``.
 """
 
 from __future__ import annotations
@@ -14,10 +13,11 @@ from dataclasses import dataclass, field
 from omni.api import Engine
 from omni.echo import EchoConfig, EchoEngine
 from omni.lite.config import LiteConfig
+from omni.minicpmo.config import MiniCPMOConfig
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "echo", "lite")
+ENGINE_NAMES = ("auto", "echo", "lite", "minicpmo")
 LITE_PACKAGES = (
     "pocketsphinx",
     "piper",
@@ -34,16 +34,23 @@ LITE_DEFAULT_REPLICAS = 2
 class EngineConfigs:
     echo: EchoConfig = field(default_factory=EchoConfig)
     lite: LiteConfig = field(default_factory=LiteConfig)
+    minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
 
 
 def missing_lite_packages() -> list[str]:
     return [name for name in LITE_PACKAGES if importlib.util.find_spec(name) is None]
 
 
-def resolve(name: str) -> str:
+def resolve(name: str, configs: EngineConfigs) -> str:
     """The engine ``name`` stands for (``auto`` becomes a concrete engine)."""
     if name != "auto":
         return name
+    from omni.minicpmo.loader import available
+
+    ready, why = available(configs.minicpmo)
+    if ready:
+        return "minicpmo"
+    log.info("engine auto: not minicpmo (%s)", why)
     missing = missing_lite_packages()
     if not missing:
         return "lite"
@@ -58,11 +65,17 @@ def resolve(name: str) -> str:
 
 def build_engine(name: str, replicas: int, max_calls: int, configs: EngineConfigs) -> Engine:
     """Build engine ``name`` with ``replicas`` replicas (0 = the engine's default)."""
-    name = resolve(name)
+    name = resolve(name, configs)
     if name == "echo":
         return EchoEngine(configs.echo, replicas or max_calls)
     if name == "lite":
         from omni.lite.engine import LiteEngine
 
         return LiteEngine(configs.lite, replicas or min(LITE_DEFAULT_REPLICAS, max_calls))
+    if name == "minicpmo":
+        from omni.minicpmo.engine import MiniCPMOEngine
+
+        if replicas:
+            log.warning("engine.replicas is ignored by minicpmo: see engine.minicpmo.devices")
+        return MiniCPMOEngine(configs.minicpmo)
     raise ValueError(f"unknown engine {name!r}")

@@ -7,6 +7,7 @@ Outbound: 24 kHz mono float32 speech becomes 48 kHz mono s16 for the Opus encode
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -15,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from omni.api import INPUT_RATE, MAX_FRAME_SIDE, OUTPUT_RATE
+from realtime.errors import InvalidVoice
 
 WIRE_RATE = 48_000
 """Sample rate of call audio on the wire (Opus) and of the outbound track."""
@@ -136,3 +138,37 @@ def video_to_rgb(frame: av.VideoFrame, max_side: int = MAX_FRAME_SIDE) -> NDArra
     out_h = max(2, int(height * scale) // 2 * 2)
     rgb = frame.reformat(width=out_w, height=out_h, format="rgb24").to_ndarray()
     return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+MAX_VOICE_BYTES = 3 * 1024 * 1024
+MAX_VOICE_S = 30.0
+MIN_VOICE_S = 1.0
+
+
+def decode_voice(data: bytes) -> NDArray[np.float32]:
+    """A voice reference clip (any audio file PyAV reads) as 16 kHz mono float32.
+
+    Raises InvalidVoice with the reason: too large, not audio, too short or too long.
+    """
+    if len(data) > MAX_VOICE_BYTES:
+        raise InvalidVoice(f"the voice clip is larger than {MAX_VOICE_BYTES // 2**20} MiB")
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=INPUT_RATE)
+    parts: list[NDArray[np.float32]] = []
+    total = 0
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise InvalidVoice("the voice clip has no audio")
+            for frame in container.decode(audio=0):
+                frame.pts = None
+                for out in resampler.resample(frame):
+                    samples = out.to_ndarray().reshape(-1).astype(np.float32)
+                    total += samples.size
+                    if total > MAX_VOICE_S * INPUT_RATE:
+                        raise InvalidVoice(f"the voice clip is longer than {MAX_VOICE_S:.0f} s")
+                    parts.append(samples)
+    except av.FFmpegError as exc:
+        raise InvalidVoice(f"the voice clip is not an audio file PyAV can read: {exc}") from None
+    if total < MIN_VOICE_S * INPUT_RATE:
+        raise InvalidVoice(f"the voice clip is shorter than {MIN_VOICE_S:.0f} s")
+    return np.concatenate(parts)

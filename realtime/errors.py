@@ -23,3 +23,21 @@ class UnsupportedMedia(CallError):
 
 class ConnectFailed(CallError):
     code = "connect_failed"
+
+
+class EngineBusy(CallError):
+    """Every engine replica is in a call and the waiting queue is full."""
+
+    code = "busy"
+
+
+class EngineUnavailableError(CallError):
+    """The engine could not open a session for the call."""
+
+    code = "engine_unavailable"
+
+
+class InvalidVoice(CallError):
+    """The voice reference clip sent with the offer cannot be used."""
+
+    code = "invalid_voice"

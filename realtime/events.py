@@ -44,6 +44,21 @@ class SessionCreated(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionQueued(ServerEvent):
+    type: ClassVar[str] = "session.queued"
+    position: int
+    """1 = next to be served."""
+    estimated_wait_s: float
+    queue_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQueueDone(ServerEvent):
+    type: ClassVar[str] = "session.queue_done"
+    waited_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class UnitDone(ServerEvent):
     type: ClassVar[str] = "unit"
     index: int

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,6 +23,7 @@ from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, DuplexSession, StepResult
 from realtime.audio import WIRE_RATE, OutboundAudio, pcm_frame
 from realtime.clock import Clock
 from realtime.config import CallConfig, PeerConfig
+from realtime.errors import CallError
 from realtime.events import (
     ErrorEvent,
     EventChannel,
@@ -34,6 +35,8 @@ from realtime.events import (
     ResponseInterrupted,
     SessionClosed,
     SessionCreated,
+    SessionQueued,
+    SessionQueueDone,
     SpeechStarted,
     SpeechStopped,
     UnitDone,
@@ -72,6 +75,24 @@ class EngineBinding:
     name: str
     session: DuplexSession
     executor: Executor
+    waited_s: float = 0.0
+    """Time spent waiting for a free replica."""
+
+
+QueueCallback = Callable[[int, float, int], None]
+"""Told (position, estimated wait in seconds, queue length) while the call waits."""
+
+
+class EngineSource(Protocol):
+    """Where a call gets its engine session (the control plane lends replicas)."""
+
+    async def open(self, on_queue: QueueCallback) -> EngineBinding:
+        """A session on a free replica, waiting for one if need be; raises CallError."""
+        ...
+
+    async def close(self, binding: EngineBinding) -> None:
+        """Close the session (full cleanup) and give the replica back."""
+        ...
 
 
 class _CallEnded(Exception):
@@ -108,6 +129,9 @@ class Call:
         self.vad = SpeechDetector(config.vad)
         self._speech_out = OutboundAudio()
         self._engine: EngineBinding | None = None
+        self._source: EngineSource | None = None
+        self.queued = False
+        """Whether the call had to wait for a free replica."""
         self._stop = asyncio.Event()
         self.finished = asyncio.Event()
         """Set once the call has ended and freed everything."""
@@ -151,9 +175,9 @@ class Call:
             self.end_reason = reason
         self._stop.set()
 
-    async def run(self, engine: EngineBinding | None) -> str:
+    async def run(self, engine: EngineSource | None) -> str:
         """Run the call until it ends; returns why it ended."""
-        self._engine = engine
+        self._source = engine
         self.events.send(
             SessionCreated(
                 call_id=self.call_id,
@@ -168,13 +192,10 @@ class Call:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch(), name=f"{self.call_id}:watch")
                 tasks.create_task(self._read_audio(), name=f"{self.call_id}:audio-in")
-                if self.mode is CallMode.ENGINE:
+                if self.mode is CallMode.ENGINE and engine is not None:
                     tasks.create_task(
-                        pump_video(self.peer.video_frames(), self._clock, self.video),
-                        name=f"{self.call_id}:video-in",
+                        self._start_engine(engine, tasks), name=f"{self.call_id}:engine"
                     )
-                    tasks.create_task(self.loop.run_ticker(), name=f"{self.call_id}:ticker")
-                    tasks.create_task(self.loop.run_stepper(), name=f"{self.call_id}:stepper")
         except* _CallEnded:
             pass
         except* EngineFailing as group:
@@ -196,10 +217,9 @@ class Call:
             await self.peer.close()
         finally:
             engine, self._engine = self._engine, None
-            if engine is not None:
-                loop = asyncio.get_running_loop()
+            if engine is not None and self._source is not None:
                 try:
-                    await loop.run_in_executor(engine.executor, engine.session.close)
+                    await self._source.close(engine)
                 except Exception:
                     log.exception("engine session of call %s failed to close", self.call_id)
             self.finished.set()
@@ -211,6 +231,28 @@ class Call:
                     "units": self.loop.steps,
                 },
             )
+
+    async def _start_engine(self, source: EngineSource, tasks: asyncio.TaskGroup) -> None:
+        """Get an engine session (waiting in the queue if need be), then run the unit loop."""
+        try:
+            binding = await source.open(self._on_queue)
+        except CallError as exc:
+            self.events.send(ErrorEvent(exc.code, str(exc)))
+            self.stop(exc.code)
+            raise _CallEnded from None
+        self._engine = binding
+        if self.queued:
+            self.events.send(SessionQueueDone(waited_s=round(binding.waited_s, 2)))
+        tasks.create_task(
+            pump_video(self.peer.video_frames(), self._clock, self.video),
+            name=f"{self.call_id}:video-in",
+        )
+        tasks.create_task(self.loop.run_ticker(), name=f"{self.call_id}:ticker")
+        tasks.create_task(self.loop.run_stepper(), name=f"{self.call_id}:stepper")
+
+    def _on_queue(self, position: int, estimated_wait_s: float, queue_length: int) -> None:
+        self.queued = True
+        self.events.send(SessionQueued(position, estimated_wait_s, queue_length))
 
     async def _watch(self) -> None:
         """Ends the call on a stop request, a dead connection or a silent client."""
@@ -245,7 +287,9 @@ class Call:
 
     def _on_audio(self, samples: NDArray[np.float32], now: float, gap: int) -> None:
         self.audio_in_ms += samples.size * 1000 / INPUT_RATE
-        self.slicer.append(samples, now, gap)
+        if self._engine is not None:
+            # Units start with the engine session (not while the call waits in the queue).
+            self.slicer.append(samples, now, gap)
         events = self.vad.feed(np.zeros(min(gap, INPUT_RATE), dtype=np.float32)) if gap else []
         events += self.vad.feed(samples)
         for event in events:

@@ -19,8 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
+from omni.api import Engine, EngineUnavailable
 from omni.engines import ENGINE_NAMES, EngineConfigs, build_engine
-from omni.executor import ReplicaPool
+from omni.pool import ReplicaPool
 from signaling.app import create_app
 from signaling.settings import Settings, SettingsError, load_settings
 
@@ -68,6 +69,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on")
     serve.add_argument("--engine", choices=ENGINE_NAMES, help="engine that answers calls")
+    replay = commands.add_parser(
+        "replay",
+        help="run a recorded audio or video file through an engine, offline, unit by unit",
+        description="Writes OUTPUT (.wav, .mp4 or .mkv: the input with the model's speech mixed "
+        "in, and its text as subtitles), OUTPUT.json (every unit) and OUTPUT.srt.",
+    )
+    replay.add_argument("input", type=Path, help="audio or video file (anything FFmpeg reads)")
+    replay.add_argument(
+        "-o", "--output", type=Path, required=True, help="output .wav, .mp4 or .mkv"
+    )
+    replay.add_argument("--engine", choices=ENGINE_NAMES, help="engine to replay through")
+    replay.add_argument("--config", type=Path, help=f"settings file (default: {DEFAULT_CONFIG})")
+    replay.add_argument("--instructions", help="system prompt for engines that take one")
+    replay.add_argument("--language", choices=("en", "zh"), default="en")
     return parser
 
 
@@ -76,16 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     config = args.config
     if config is None and DEFAULT_CONFIG.is_file():
         config = DEFAULT_CONFIG
+    overrides: dict[str, Any] = {"engine.name": args.engine}
+    if args.command == "serve":
+        overrides.update({"server.host": args.host, "server.port": args.port})
     try:
-        settings = load_settings(
-            config,
-            os.environ,
-            {"server.host": args.host, "server.port": args.port, "engine.name": args.engine},
-        )
+        settings = load_settings(config, os.environ, overrides)
     except SettingsError as exc:
         sys.stderr.write(f"omnirtc: {exc}\n")
         return 2
     configure_logging(settings)
+    if args.command == "replay":
+        return _replay(settings, args)
     # OpenBLAS threads spin and steal the event loop's core; media math needs none.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     runner = _run
@@ -96,14 +112,45 @@ def main(argv: list[str] | None = None) -> int:
     return uvloop.run(runner(settings))
 
 
-async def _run(settings: Settings) -> int:
-    engine = build_engine(
+def _engine(settings: Settings, replicas: int) -> Engine:
+    return build_engine(
         settings.engine.name,
-        settings.engine.replicas,
+        replicas,
         settings.server.max_calls,
-        EngineConfigs(echo=settings.engine.echo, lite=settings.engine.lite),
+        EngineConfigs(
+            echo=settings.engine.echo,
+            lite=settings.engine.lite,
+            minicpmo=settings.engine.minicpmo,
+        ),
     )
-    pool = ReplicaPool(engine)
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from omni.api import Language, SessionConfig
+    from realtime.replay import ReplayError, read_units, run, write_outputs
+
+    try:
+        engine = _engine(settings, replicas=1)
+        units = read_units(args.input, settings.call.video_frames_per_unit)
+        config = SessionConfig(instructions=args.instructions, language=Language(args.language))
+        replayed = run(engine, units, config)
+        written = write_outputs(args.input, args.output, replayed, engine.info.name)
+    except (ReplayError, EngineUnavailable) as exc:
+        log.error("replay failed: %s", exc)
+        return 1
+    log.info(
+        "replayed %d units (%d speaking) through %s: %s",
+        replayed.units,
+        replayed.speaking_units,
+        engine.info.name,
+        ", ".join(str(p) for p in written.values()),
+    )
+    return 0
+
+
+async def _run(settings: Settings) -> int:
+    engine = _engine(settings, settings.engine.replicas)
+    pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
     try:
         app = create_app(settings, pool)
     except FileNotFoundError as exc:

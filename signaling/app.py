@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from omni.executor import ReplicaPool
+from omni.pool import ReplicaPool
 from realtime.clock import LoopClock
 from realtime.peer import install_patches
 from signaling import handlers

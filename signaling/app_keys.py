@@ -6,7 +6,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from omni.executor import ReplicaPool
+from omni.pool import ReplicaPool
 from signaling.sessions import CallManager
 from signaling.settings import Settings
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import json
 from pathlib import Path
 
+import numpy as np
 from aiohttp import web
+from numpy.typing import NDArray
 from pydantic import ValidationError
 
+from realtime.audio import decode_voice
+from realtime.errors import InvalidVoice
 from signaling.app_keys import CALLS, POOL, WEB_DIR
 from signaling.errors import ApiError
 from signaling.messages import CallAnswer, CallRequest
@@ -31,13 +38,24 @@ async def create_call(request: web.Request) -> web.Response:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from None
-    admitted = await request.app[CALLS].create(offer)
+    voice = None
+    if offer.session.voice is not None:
+        voice = await asyncio.to_thread(_voice, offer.session.voice)
+    admitted = await request.app[CALLS].create(offer, voice)
     answer = CallAnswer(call_id=admitted.call_id, sdp=admitted.answer_sdp)
     return web.json_response(
         answer.model_dump(),
         status=201,
         headers={"Location": f"/v1/calls/{admitted.call_id}"},
     )
+
+
+def _voice(encoded: str) -> NDArray[np.float32]:
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        raise InvalidVoice("session.voice must be base64") from None
+    return decode_voice(data)
 
 
 async def get_call(request: web.Request) -> web.Response:
@@ -62,6 +80,8 @@ async def readyz(request: web.Request) -> web.Response:
         "engine_description": pool.info.description,
         "replicas": pool.size,
         "replicas_free": pool.free,
+        "queued": pool.queued,
+        "max_queue": pool.max_queue,
         "calls": calls.active,
         "max_calls": calls.max_calls,
     }

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_SDP_CHARS = 64 * 1024
+MAX_VOICE_BASE64 = 4 * 1024 * 1024
 
 
 class SessionOptions(BaseModel):
@@ -18,6 +19,9 @@ class SessionOptions(BaseModel):
     """``loopback`` returns the caller's audio at once (no unit loop, no engine)."""
     instructions: str | None = Field(default=None, max_length=4000)
     language: Literal["en", "zh"] = "en"
+    voice: str | None = Field(default=None, max_length=MAX_VOICE_BASE64)
+    """A reference clip of the voice to speak in (base64 of any common audio file, 1-30 s),
+    for engines that clone voices."""
 
 
 class CallRequest(BaseModel):

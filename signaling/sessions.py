@@ -1,8 +1,9 @@
 """Admission and the registry of live calls in this process.
 
-``CallManager.create`` admits a call (an explicit slot count, plus a free engine replica for
-engine calls), negotiates it and starts it in the manager's TaskGroup; the task removes the
-call and returns its replica when the call ends, however it ends.
+``CallManager.create`` admits a call (an explicit slot count, and for engine calls a free
+replica or a place in the replica queue), negotiates it and starts it in the manager's
+TaskGroup.  The call itself then takes a replica (``PoolEngineSource``), waiting in the queue
+if need be, and gives it back when it ends, however it ends.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from omni.api import Language, SessionConfig
-from omni.executor import Lease, ReplicaPool
+from omni.pool import Lease, QueueFull, QueuePosition, ReplicaPool
 from realtime.clock import Clock
-from realtime.errors import CallError
-from realtime.session import Call, CallMode, EngineBinding
+from realtime.errors import CallError, EngineBusy, EngineUnavailableError
+from realtime.session import Call, CallMode, EngineBinding, QueueCallback
 from signaling.errors import ApiError, busy, from_call_error
 from signaling.messages import CallRequest
 from signaling.settings import Settings
@@ -33,6 +37,55 @@ _RETRY_AFTER_S = 5
 class Admitted:
     call_id: str
     answer_sdp: str
+
+
+class PoolEngineSource:
+    """Lends a call one replica of the pool for its whole life (realtime.session.EngineSource)."""
+
+    def __init__(self, pool: ReplicaPool, config: SessionConfig) -> None:
+        self._pool = pool
+        self._config = config
+        self._lease: Lease | None = None
+
+    async def open(self, on_queue: QueueCallback) -> EngineBinding:
+        def told(where: QueuePosition) -> None:
+            on_queue(where.position, where.estimated_wait_s, where.queue_length)
+
+        try:
+            lease = await self._pool.acquire(told)
+        except QueueFull as exc:
+            raise EngineBusy(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(lease.executor, lease.replica.open_session, self._config)
+        try:
+            session = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The call ended while the session was being opened: finish, clean up, give back.
+            try:
+                opened = await opening
+                await loop.run_in_executor(lease.executor, opened.close)
+            finally:
+                lease.release()
+            raise
+        except Exception as exc:
+            lease.release()
+            log.exception("could not open an engine session")
+            raise EngineUnavailableError(f"the engine could not open a session: {exc}") from None
+        self._lease = lease
+        return EngineBinding(self._pool.info.name, session, lease.executor, lease.waited_s)
+
+    async def close(self, binding: EngineBinding) -> None:
+        lease, self._lease = self._lease, None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(binding.executor, binding.session.close)
+        except Exception as exc:
+            if lease is not None:
+                self._pool.mark_broken(lease, f"session cleanup failed: {exc}")
+            raise
+        finally:
+            if lease is not None:
+                lease.release()
 
 
 class CallManager:
@@ -58,24 +111,32 @@ class CallManager:
         """Run calls in ``tasks`` (the app's lifetime TaskGroup)."""
         self._tasks = tasks
 
-    async def create(self, request: CallRequest) -> Admitted:
+    async def create(self, request: CallRequest, voice: NDArray[np.float32] | None) -> Admitted:
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
         mode = CallMode(request.session.mode)
         if len(self._calls) + self._admitting >= self.max_calls:
             raise busy(f"the server is at its limit of {self.max_calls} calls", _RETRY_AFTER_S)
-        lease: Lease | None = None
+        source = None
         if mode is CallMode.ENGINE:
             if not self._pool.ready:
                 raise ApiError(
                     503,
                     "not_ready",
-                    "the engine is still warming up",
+                    self._pool.error or "the engine is still warming up",
                     {"Retry-After": str(_RETRY_AFTER_S)},
                 )
-            lease = self._pool.try_acquire()
-            if lease is None:
-                raise busy("every engine replica is in a call", _RETRY_AFTER_S)
+            if not self._pool.can_admit:
+                raise busy(
+                    f"every engine replica is in a call and {self._pool.queued} calls wait",
+                    _RETRY_AFTER_S,
+                )
+            config = SessionConfig(
+                instructions=request.session.instructions,
+                language=Language(request.session.language),
+                voice=voice,
+            )
+            source = PoolEngineSource(self._pool, config)
         self._admitting += 1
         call_id = "call_" + secrets.token_hex(8)
         call = Call(
@@ -88,40 +149,22 @@ class CallManager:
         )
         try:
             answer = await call.negotiate(request.sdp)
-            binding = None
-            if lease is not None:
-                config = SessionConfig(
-                    instructions=request.session.instructions,
-                    language=Language(request.session.language),
-                )
-                loop = asyncio.get_running_loop()
-                session = await loop.run_in_executor(
-                    lease.executor, lease.replica.open_session, config
-                )
-                binding = EngineBinding(self._pool.info.name, session, lease.executor)
         except BaseException as exc:
-            self._admitting -= 1
             await call.peer.close()
-            if lease is not None:
-                lease.release()
             if isinstance(exc, CallError):
                 raise from_call_error(exc) from None
-            if isinstance(exc, Exception) and not isinstance(exc, ApiError):
-                log.exception("could not start call %s", call_id)
-                raise ApiError(
-                    503, "engine_unavailable", f"could not start the call: {exc}"
-                ) from None
             raise
-        self._admitting -= 1
+        finally:
+            self._admitting -= 1
         self._calls[call_id] = call
         self.total_calls += 1
-        self._tasks.create_task(self._run(call, binding, lease), name=f"call:{call_id}")
+        self._tasks.create_task(self._run(call, source), name=f"call:{call_id}")
         log.info("call admitted", extra={"call_id": call_id, "mode": mode.value})
         return Admitted(call_id, answer)
 
-    async def _run(self, call: Call, binding: EngineBinding | None, lease: Lease | None) -> None:
+    async def _run(self, call: Call, source: PoolEngineSource | None) -> None:
         try:
-            await call.run(binding)
+            await call.run(source)
         except Exception:
             log.exception("call %s crashed", call.call_id)
         finally:
@@ -129,8 +172,6 @@ class CallManager:
             self._ended[call.call_id] = call.snapshot()
             while len(self._ended) > _ENDED_KEPT:
                 self._ended.popitem(last=False)
-            if lease is not None:
-                lease.release()
 
     def snapshot(self, call_id: str) -> dict[str, Any]:
         call = self._calls.get(call_id)

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 from omni.echo import EchoConfig
 from omni.engines import ENGINE_NAMES
 from omni.lite.config import LiteConfig
+from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, PeerConfig
 
 ENV_PREFIX = "OMNIRTC_"
@@ -44,7 +45,7 @@ def _require(condition: bool, message: str) -> None:
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = 6 * 1024 * 1024
     max_calls: int = 10
     web_dir: str = ""
     """Folder of the call page; empty = the web/ folder next to the packages."""
@@ -63,12 +64,16 @@ class EngineSettings:
     name: str = "auto"
     replicas: int = 0
     """Model replicas (engine calls served at once); 0 = the engine's default."""
+    max_queue: int = 4
+    """Calls that may wait for a free replica; more are refused with 503."""
     echo: EchoConfig = field(default_factory=EchoConfig)
     lite: LiteConfig = field(default_factory=LiteConfig)
+    minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
 
     def __post_init__(self) -> None:
         _require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")
         _require(0 <= self.replicas <= 64, "replicas must be 0..64")
+        _require(0 <= self.max_queue <= 1000, "max_queue must be 0..1000")
 
 
 @dataclass(frozen=True, slots=True)

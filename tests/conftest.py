@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from omni.engines import EngineConfigs, build_engine
-from omni.executor import ReplicaPool
+from omni.pool import ReplicaPool
 from signaling.app import create_app
 from signaling.settings import Settings, load_settings
 from tests.lite.models import replica, speaker
@@ -49,9 +49,13 @@ async def start_server() -> AsyncIterator[ServerFactory]:
                 settings.engine.name,
                 settings.engine.replicas,
                 settings.server.max_calls,
-                EngineConfigs(echo=settings.engine.echo, lite=settings.engine.lite),
+                EngineConfigs(
+                echo=settings.engine.echo,
+                lite=settings.engine.lite,
+                minicpmo=settings.engine.minicpmo,
+            ),
             )
-            pool = ReplicaPool(engine)
+            pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
         app = create_app(settings, pool)
         server = TestServer(app, host="127.0.0.1", port=0)
         await server.start_server()

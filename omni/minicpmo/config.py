@@ -29,7 +29,7 @@ class MiniCPMOConfig:
     dtype: str = "bfloat16"
     attn_implementation: str = "sdpa"
     compile: bool = False
-    """torch.compile the language model (about 0.5 s per unit instead of 0.9; a minute to compile)."""
+    """torch.compile the language model (0.5 s per unit instead of 0.9; a minute to compile)."""
     force_listen_count: int = 3
     """Units the model must listen at the start of a session."""
     listen_prob_scale: float = 1.0

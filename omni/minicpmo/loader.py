@@ -51,8 +51,8 @@ def check_dependencies() -> None:
     have = _version(transformers.__version__)
     if not low <= have < high:
         raise EngineUnavailable(
-            f"the minicpmo engine needs transformers >=4.51,<4.53 (found {transformers.__version__}): "
-            f"{INSTALL_HINT}"
+            "the minicpmo engine needs transformers >=4.51,<4.53 "
+            f"(found {transformers.__version__}): {INSTALL_HINT}"
         )
     if have < (4, 51, 1) and importlib.util.find_spec("accelerate") is None:
         raise EngineUnavailable(f"transformers 4.51.0 needs accelerate installed: {INSTALL_HINT}")
@@ -132,8 +132,8 @@ def load(config: MiniCPMOConfig, device: str) -> Loaded:
         )
     except OSError as exc:
         hint = (
-            "set engine.minicpmo.allow_download = true to fetch them, or point engine.minicpmo.model "
-            "at a folder holding them"
+            "set engine.minicpmo.allow_download = true to fetch them, "
+            "or point engine.minicpmo.model at a folder holding them"
             if local_only
             else "check the model id and your network"
         )

@@ -58,5 +58,5 @@ def find_default_voice(configured: str, model_dir: Path | None) -> Path:
         if found:
             return found[0]
     raise EngineUnavailable(
-        "no voice reference: set engine.minicpmo.voice to a 16-bit WAV file of the voice to speak in"
+        "no voice reference: set engine.minicpmo.voice to a 16-bit WAV of the voice to speak in"
     )

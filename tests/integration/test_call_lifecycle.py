@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from omni.executor import ReplicaPool
+from omni.pool import ReplicaPool
 from tests.conftest import ServerFactory
 from tests.support.caller import Caller
 from tests.support.engines import ScriptedEngine

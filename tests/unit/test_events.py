@@ -45,6 +45,8 @@ SAMPLES: dict[type[ServerEvent], ServerEvent] = {
     ev.ErrorEvent: ev.ErrorEvent(code="engine_error", message="boom"),
     ev.Pong: ev.Pong(id="p1", t=12.5),
     ev.SessionClosed: ev.SessionClosed(reason="hangup"),
+    ev.SessionQueued: ev.SessionQueued(position=2, estimated_wait_s=240.0, queue_length=3),
+    ev.SessionQueueDone: ev.SessionQueueDone(waited_s=12.5),
 }
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from omni.echo import EchoConfig
 from omni.lite.config import LiteConfig
+from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
 from signaling.settings import (
     EngineSettings,
@@ -369,6 +370,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "engine",
         "engine.echo",
         "engine.lite",
+        "engine.minicpmo",
         "logging",
     }
     assert (
@@ -383,11 +385,12 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 LoggingSettings,
                 EchoConfig,
                 LiteConfig,
+                MiniCPMOConfig,
             )
         )
         + len(dataclasses.fields(EngineSettings))
-        - 3
-    )  # call.vad, engine.echo and engine.lite are tables
+        - 4
+    )  # call.vad, engine.echo, engine.lite and engine.minicpmo are tables
 
 
 def test_default_toml_documents_every_setting_with_a_comment() -> None:
