@@ -50,10 +50,10 @@ async def start_server() -> AsyncIterator[ServerFactory]:
                 settings.engine.replicas,
                 settings.server.max_calls,
                 EngineConfigs(
-                echo=settings.engine.echo,
-                lite=settings.engine.lite,
-                minicpmo=settings.engine.minicpmo,
-            ),
+                    echo=settings.engine.echo,
+                    lite=settings.engine.lite,
+                    minicpmo=settings.engine.minicpmo,
+                ),
             )
             pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
         app = create_app(settings, pool)

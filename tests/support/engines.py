@@ -55,6 +55,7 @@ class ScriptedReplica:
         return None
 
     def open_session(self, config: SessionConfig) -> DuplexSession:
+        self._owner.configs.append(config)
         session = ScriptedSession(self._owner)
         self._owner.sessions.append(session)
         return session
@@ -77,6 +78,7 @@ class ScriptedEngine:
         self.fail_always = fail_always
         self.step_s = step_s
         self.sessions: list[ScriptedSession] = []
+        self.configs: list[SessionConfig] = []
         self.interrupted_units: list[int] = []
         self.closed_sessions = 0
         self._info = EngineInfo("scripted", "test engine", replicas)

@@ -76,7 +76,9 @@ class FakeDecoder:
 class FakeMiniCPMO:
     """The loaded model object (shared by the duplex wrapper)."""
 
-    def __init__(self, *, supports_force_listen_override: bool = False, turn_units: int = 3) -> None:
+    def __init__(
+        self, *, supports_force_listen_override: bool = False, turn_units: int = 3
+    ) -> None:
         self.audio_past_key_values: list[int] = []
         self.llm_past_key_values: list[int] = []
         self.token2wav_cache: dict[str, int] = {}
@@ -203,10 +205,19 @@ class FakeDuplex:
         else:
             tokenizer.prompt_path = None
         prompt = f"<|im_start|>system\n{text}"
-        prompt += "\n<|audio_start|>[audio embedding]<|audio_end|><|im_end|>" if ref_audio is not None else "<|im_end|>"
+        prompt += (
+            "\n<|audio_start|>[audio embedding]<|audio_end|><|im_end|>"
+            if ref_audio is not None
+            else "<|im_end|>"
+        )
         self.decoder.cache.extend(range(len(prompt) // 4))
         self.prepare_calls.append(
-            {"prefix_system_prompt": prefix_system_prompt, "ref_audio": ref_audio, "prompt_wav_path": prompt_wav_path, **kwargs}
+            {
+                "prefix_system_prompt": prefix_system_prompt,
+                "ref_audio": ref_audio,
+                "prompt_wav_path": prompt_wav_path,
+                **kwargs,
+            }
         )
         self.prepared = True
         return prompt
@@ -221,11 +232,16 @@ class FakeDuplex:
     ) -> dict[str, Any]:
         began = time.perf_counter()
         self.prefill_calls.append(
-            {"samples": None if audio_waveform is None else audio_waveform.size, "frames": frame_list or [], "max_slice_nums": max_slice_nums}
+            {
+                "samples": None if audio_waveform is None else audio_waveform.size,
+                "frames": frame_list or [],
+                "max_slice_nums": max_slice_nums,
+            }
         )
-        result = {"success": False, "reason": "", "cost_vision_process": 0.0, "cost_vision_embed": 0.0,
-                  "cost_vision_feed": 0.0, "cost_audio_process": 0.0, "cost_audio_embed": 0.0,
-                  "cost_audio_feed": 0.0, "cost_all": 0.0}  # fmt: skip
+        costs = ("vision_process", "vision_embed", "vision_feed", "audio_process", "audio_embed")
+        result: dict[str, Any] = {"success": False, "reason": "", "cost_audio_feed": 0.0}
+        result.update({f"cost_{name}": 0.0 for name in costs})
+        result["cost_all"] = 0.0
         if self._break.is_set() or self._stop.is_set():
             result["reason"] = "break"
             return result
@@ -245,10 +261,14 @@ class FakeDuplex:
             self._buffer = np.concatenate([self._buffer, audio_waveform])
             need = FIRST_CHUNK if self._consumed == 0 else CHUNK
             if self._consumed == 0 and self._buffer.size < FIRST_CHUNK:
-                self._buffer = np.concatenate([np.zeros(FIRST_CHUNK - self._buffer.size, np.float32), self._buffer])
+                self._buffer = np.concatenate(
+                    [np.zeros(FIRST_CHUNK - self._buffer.size, np.float32), self._buffer]
+                )
             if self._buffer.size < need:
                 self.dangling_units += 1
-                result["reason"] = f"audio not enough: need {need} samples, only {self._buffer.size}"
+                result["reason"] = (
+                    f"audio not enough: need {need} samples, only {self._buffer.size}"
+                )
                 return result
             chunk, self._buffer = self._buffer[:need], self._buffer[need:]
             self._consumed += need
@@ -278,11 +298,19 @@ class FakeDuplex:
         **extra: Any,
     ) -> dict[str, Any]:
         self.generate_calls.append(
-            {"prompt_wav_path": prompt_wav_path, "max_new_speak_tokens_per_chunk": max_new_speak_tokens_per_chunk,
-             "decode_mode": decode_mode, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-             "listen_prob_scale": listen_prob_scale, "text_repetition_penalty": text_repetition_penalty,
-             "text_repetition_window_size": text_repetition_window_size, **extra}
-        )  # fmt: skip
+            {
+                "prompt_wav_path": prompt_wav_path,
+                "max_new_speak_tokens_per_chunk": max_new_speak_tokens_per_chunk,
+                "decode_mode": decode_mode,
+                "temperature": temperature,
+                "top_k": top_k,
+                "top_p": top_p,
+                "listen_prob_scale": listen_prob_scale,
+                "text_repetition_penalty": text_repetition_penalty,
+                "text_repetition_window_size": text_repetition_window_size,
+                **extra,
+            }
+        )
         self._check_extra(extra)
         tokenizer = self.model.tts.audio_tokenizer
         if prompt_wav_path is not None and prompt_wav_path != tokenizer.prompt_path:
@@ -297,7 +325,9 @@ class FakeDuplex:
         if extra.get("force_listen_override") and self._in_turn:
             self._in_turn = False
             self._turn_left = 0
-            tokenizer.stream_cache = {"prompt": tokenizer.prompt_path} if tokenizer.prompt_path else None
+            tokenizer.stream_cache = (
+                {"prompt": tokenizer.prompt_path} if tokenizer.prompt_path else None
+            )
             self.decoder.cache.append(-9)  # <|turn_eos|>
             return self._result(True, "", np.zeros(OUT, np.float32), False)
         if self._generates <= self.force_listen_count:
@@ -329,8 +359,10 @@ class FakeDuplex:
 
     def _check_extra(self, extra: dict[str, Any]) -> None:
         unknown = set(extra) - {"force_listen_override"}
-        if unknown or extra and not self.model.supports_force_listen_override:
-            raise TypeError(f"streaming_generate() got an unexpected keyword argument {sorted(extra)[0]!r}")
+        if unknown or (extra and not self.model.supports_force_listen_override):
+            raise TypeError(
+                f"streaming_generate() got an unexpected keyword argument {sorted(extra)[0]!r}"
+            )
 
     def _note_heard(self) -> None:
         if self._last_energy > 0.01:
@@ -346,7 +378,9 @@ class FakeDuplex:
             return tone
         return np.concatenate([np.zeros(OUT - length, np.float32), tone])
 
-    def _result(self, listen: bool, text: str, audio: NDArray[np.float32] | None, end: bool) -> dict[str, Any]:
+    def _result(
+        self, listen: bool, text: str, audio: NDArray[np.float32] | None, end: bool
+    ) -> dict[str, Any]:
         return {
             "is_listen": listen,
             "text": text,
@@ -362,7 +396,9 @@ class FakeDuplex:
             "n_tts_tokens": 25 if not listen else 0,
         }
 
-    def as_simplex(self, reset_session: bool = True, reset_token2wav_cache: bool = False) -> FakeMiniCPMO:
+    def as_simplex(
+        self, reset_session: bool = True, reset_token2wav_cache: bool = False
+    ) -> FakeMiniCPMO:
         if reset_session:
             self.model.reset_session(reset_token2wav_cache=reset_token2wav_cache)
         return self.model
@@ -371,7 +407,9 @@ class FakeDuplex:
 class FakeDemoDuplex(FakeDuplex):
     """The demo-derived build, whose streaming_generate takes ``force_listen_override``."""
 
-    def streaming_generate(self, *args: Any, force_listen_override: bool = False, **kwargs: Any) -> dict[str, Any]:
+    def streaming_generate(
+        self, *args: Any, force_listen_override: bool = False, **kwargs: Any
+    ) -> dict[str, Any]:
         if force_listen_override:
             kwargs["force_listen_override"] = True
         return super().streaming_generate(*args, **kwargs)
