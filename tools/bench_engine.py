@@ -142,19 +142,16 @@ def main() -> None:
         peak = gpu_memory()
         replica.shutdown()
     rss = psutil.Process().memory_info().rss / 2**30
-    print(
-        f"\nengine {engine.info.name}: {args.turns} spoken turns, {audio.size / INPUT_RATE:.0f} s of audio"
-    )
+    seconds = audio.size / INPUT_RATE
+    print(f"\nengine {engine.info.name}: {args.turns} spoken turns, {seconds:.0f} s of audio")
     print(f"{'replica load + warm-up (s)':44}{load_s:.1f}")
     print(f"{'step time, listening units (ms)':44}{fmt(listen_ms)}")
     print(f"{'step time, speaking units (ms)':44}{fmt(speak_ms)}")
-    print(
-        f"{'end of turn -> first audio (ms)':44}{fmt(first_audio)}  ({len(first_audio)}/{args.turns} turns answered)"
-    )
+    answered = f"({len(first_audio)}/{args.turns} turns answered)"
+    print(f"{'end of turn -> first audio (ms)':44}{fmt(first_audio)}  {answered}")
     if after_warmup is not None and peak is not None:
-        print(
-            f"{'GPU memory per replica (GiB)':44}{after_warmup[0]:.1f} after warm-up, {peak[1]:.1f} peak"
-        )
+        memory = f"{after_warmup[0]:.1f} after warm-up, {peak[1]:.1f} peak"
+        print(f"{'GPU memory per replica (GiB)':44}{memory}")
     print(f"{'process resident memory (GiB)':44}{rss:.2f}")
 
 
