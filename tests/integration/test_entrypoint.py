@@ -1,0 +1,95 @@
+"""The `omnirtc serve` entry point as the Docker image runs it (same command, same settings
+from the environment, same health check), here with the echo engine instead of the GPU one."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def dockerfile() -> tuple[dict[str, str], list[str], list[str]]:
+    """The image's final ENV, its CMD and its HEALTHCHECK command."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(dict(re.findall(r"(\w+)=(\S+)", line[4:])))
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))  # type: ignore[union-attr]
+    check = json.loads(
+        re.search(r"CMD (\[.*\])\s*$", text.split("HEALTHCHECK", 1)[1].splitlines()[0]).group(1)
+    )  # type: ignore[union-attr]
+    return env, cmd, check
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def local(command: list[str]) -> list[str]:
+    """The image's /opt/venv paths mapped to this checkout's virtual environment."""
+    return [str(BIN / Path(c).name) if c.startswith("/opt/venv/bin/") else c for c in command]
+
+
+def test_the_image_command_serves_and_passes_its_health_check() -> None:
+    env, cmd, check = dockerfile()
+    assert cmd == ["/opt/venv/bin/omnirtc", "serve"]
+    assert env["OMNIRTC_ENGINE__NAME"] == "minicpmo"
+    port = free_port()
+    env.update(
+        OMNIRTC_ENGINE__NAME="echo",  # no GPU here; everything else as in the image
+        OMNIRTC_SERVER__HOST="127.0.0.1",
+        OMNIRTC_SERVER__PORT=str(port),
+        OMNIRTC_SERVER__WEB_DIR=str(ROOT / "web"),
+        HF_HOME=str(ROOT / ".pytest_cache" / "hf"),
+    )
+    process = subprocess.Popen(
+        local(cmd), cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    ready = json.load(r)
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail("the server did not start")
+                time.sleep(0.1)
+        assert ready["engine"] == "echo"
+        health = [c.replace("8080", str(port)) for c in local(check)]
+        assert subprocess.run(health, timeout=10, check=False).returncode == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log = process.communicate()[1]
+    assert f"open http://0.0.0.0:{port}/" not in log
+    assert f"open http://localhost:{port}/ to call" in log
+
+
+def test_bad_settings_stop_the_start_with_a_message() -> None:
+    done = subprocess.run(
+        [str(BIN / "omnirtc"), "serve"],
+        cwd=ROOT,
+        env={**os.environ, "OMNIRTC_SERVER__PORT": "99999"},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "server.port must be 0..65535" in done.stderr
