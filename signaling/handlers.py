@@ -28,6 +28,24 @@ async def create_call(request: web.Request) -> web.Response:
             f"send the offer as application/json, not {request.content_type or 'nothing'}",
         )
     raw = await request.read()
+    if len(raw) > _PARSE_ON_LOOP_BYTES or b'"voice"' in raw:
+        # A voice clip: parsing and decoding it would hold the event loop up.
+        offer, voice = await asyncio.to_thread(_parse, raw)
+    else:
+        offer, voice = _parse(raw)
+    admitted = await request.app[CALLS].create(offer, voice)
+    answer = CallAnswer(call_id=admitted.call_id, sdp=admitted.answer_sdp)
+    return web.json_response(
+        answer.model_dump(),
+        status=201,
+        headers={"Location": f"/v1/calls/{admitted.call_id}"},
+    )
+
+
+_PARSE_ON_LOOP_BYTES = 64 * 1024
+
+
+def _parse(raw: bytes) -> tuple[CallRequest, NDArray[np.float32] | None]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -38,16 +56,8 @@ async def create_call(request: web.Request) -> web.Response:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise ApiError(400, "invalid_request", f"{where}: {first['msg']}") from None
-    voice = None
-    if offer.session.voice is not None:
-        voice = await asyncio.to_thread(_voice, offer.session.voice)
-    admitted = await request.app[CALLS].create(offer, voice)
-    answer = CallAnswer(call_id=admitted.call_id, sdp=admitted.answer_sdp)
-    return web.json_response(
-        answer.model_dump(),
-        status=201,
-        headers={"Location": f"/v1/calls/{admitted.call_id}"},
-    )
+    voice = _voice(offer.session.voice) if offer.session.voice is not None else None
+    return offer, voice
 
 
 def _voice(encoded: str) -> NDArray[np.float32]:

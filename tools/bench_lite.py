@@ -70,7 +70,7 @@ def stages(voice: Voice, count: int) -> dict[str, Any]:
             audio_s += question.size / INPUT_RATE
             session = replica.open_session(SessionConfig())
             assert isinstance(session, LiteSession)
-            padded = np.concatenate([question, np.zeros(5 * INPUT_RATE, np.float32)])
+            padded = np.concatenate([question, np.zeros(12 * INPUT_RATE, np.float32)])
             for i in range(padded.size // UNIT_SAMPLES):
                 result = session.step(
                     Unit(

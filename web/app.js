@@ -75,6 +75,7 @@ function describeCallError(err) {
   if (err instanceof OmniCallError) {
     if (err.code === "busy") return `The server is busy. Try again${err.retryAfter ? ` in ${err.retryAfter} s` : " later"}.`;
     if (err.code === "not_ready") return "The engine is still starting. Try again in a few seconds.";
+    if (err.code === "invalid_voice") return `The voice clip cannot be used: ${err.message}`;
     if (err.code === "network") return err.message;
     return `The call failed: ${err.message} (${err.code})`;
   }
@@ -116,6 +117,12 @@ function onServerEvent(message) {
   switch (message.type) {
     case "session.created":
       ui.engine.textContent = `engine: ${message.engine}`;
+      break;
+    case "session.queued":
+      setBadge(ui.state, "queued", `waiting: #${message.position} of ${message.queue_length}, about ${Math.round(message.estimated_wait_s)} s`);
+      break;
+    case "session.queue_done":
+      setBadge(ui.state, "listen", "connected");
       break;
     case "unit": {
       setBadge(ui.state, message.state, message.state);

@@ -9,7 +9,7 @@
 //   await call.hangup();
 //
 // Events (CustomEvent, payload in `detail`): every server message by its `type`
-// ("session.created", "unit", "response.output_text.delta", "input.speech_started", ...),
+// ("session.created", "session.queued", "unit", "response.output_text.delta", ...),
 // "message" for all of them, "track" ({stream}), "state" ({state}), "rtt" ({ms}),
 // "ended" ({reason}).  See docs/PROTOCOL.md.
 
