@@ -145,6 +145,15 @@ class Engine(Protocol):
         ...
 
 
+def require(condition: bool, message: str) -> None:
+    """Settings checks: raise ValueError(message) unless ``condition`` holds.
+
+    Messages start with the setting's name ("port must be ..."), so the settings loader can
+    prefix its section."""
+    if not condition:
+        raise ValueError(message)
+
+
 def silence(samples: int) -> NDArray[np.float32]:
     """A buffer of silence."""
     return np.zeros(samples, dtype=np.float32)

@@ -27,16 +27,12 @@ from omni.api import (
     SessionConfig,
     StepResult,
     Unit,
+    require,
 )
 
 _FRAME_MS = 30
 _FRAME = INPUT_RATE * _FRAME_MS // 1000
 _PAD_MS = 150
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +47,10 @@ class EchoConfig:
     """WebRTC VAD mode, 0..3."""
 
     def __post_init__(self) -> None:
-        _require(0.5 <= self.max_utterance_s <= 60, "max_utterance_s must be 0.5..60")
-        _require(90 <= self.end_silence_ms <= 5000, "end_silence_ms must be 90..5000")
-        _require(30 <= self.min_speech_ms <= 5000, "min_speech_ms must be 30..5000")
-        _require(0 <= self.aggressiveness <= 3, "aggressiveness must be 0..3")
+        require(0.5 <= self.max_utterance_s <= 60, "max_utterance_s must be 0.5..60")
+        require(90 <= self.end_silence_ms <= 5000, "end_silence_ms must be 90..5000")
+        require(30 <= self.min_speech_ms <= 5000, "min_speech_ms must be 30..5000")
+        require(0 <= self.aggressiveness <= 3, "aggressiveness must be 0..3")
 
 
 class EchoSession:

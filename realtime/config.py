@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
+from omni.api import require
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,9 +14,9 @@ class IceServer:
     credential: str | None = None
 
     def __post_init__(self) -> None:
-        _require(len(self.urls) > 0, "urls must hold at least one url")
+        require(len(self.urls) > 0, "urls must hold at least one url")
         for url in self.urls:
-            _require(
+            require(
                 url.startswith(("stun:", "turn:", "turns:")),
                 f"urls must start with stun:, turn: or turns: (not {url!r})",
             )
@@ -35,7 +32,7 @@ class PeerConfig:
     connect_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
-        _require(self.connect_timeout_s > 0, "connect_timeout_s must be > 0")
+        require(self.connect_timeout_s > 0, "connect_timeout_s must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +45,9 @@ class VadConfig:
     """Unvoiced audio after which speech counts as stopped."""
 
     def __post_init__(self) -> None:
-        _require(0 <= self.aggressiveness <= 3, "aggressiveness must be 0..3")
-        _require(20 <= self.start_ms <= 300, "start_ms must be 20..300")
-        _require(20 <= self.stop_ms <= 5000, "stop_ms must be 20..5000")
+        require(0 <= self.aggressiveness <= 3, "aggressiveness must be 0..3")
+        require(20 <= self.start_ms <= 300, "start_ms must be 20..300")
+        require(20 <= self.stop_ms <= 5000, "stop_ms must be 20..5000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +73,11 @@ class CallConfig:
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self) -> None:
-        _require(self.idle_timeout_s > 0, "idle_timeout_s must be > 0")
-        _require(0 <= self.unit_grace_ms <= 2000, "unit_grace_ms must be 0..2000")
-        _require(1 <= self.max_pending_units <= 10, "max_pending_units must be 1..10")
-        _require(200 <= self.playout_max_ms <= 60_000, "playout_max_ms must be 200..60000")
-        _require(20 <= self.outbound_max_lag_ms <= 2000, "outbound_max_lag_ms must be 20..2000")
-        _require(0 <= self.video_frames_per_unit <= 10, "video_frames_per_unit must be 0..10")
-        _require(self.barge_in_ms >= 0, "barge_in_ms must be >= 0")
-        _require(self.max_duration_s >= 0, "max_duration_s must be >= 0")
+        require(self.idle_timeout_s > 0, "idle_timeout_s must be > 0")
+        require(0 <= self.unit_grace_ms <= 2000, "unit_grace_ms must be 0..2000")
+        require(1 <= self.max_pending_units <= 10, "max_pending_units must be 1..10")
+        require(200 <= self.playout_max_ms <= 60_000, "playout_max_ms must be 200..60000")
+        require(20 <= self.outbound_max_lag_ms <= 2000, "outbound_max_lag_ms must be 20..2000")
+        require(0 <= self.video_frames_per_unit <= 10, "video_frames_per_unit must be 0..10")
+        require(self.barge_in_ms >= 0, "barge_in_ms must be >= 0")
+        require(self.max_duration_s >= 0, "max_duration_s must be >= 0")

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from omni.api import require
 from omni.echo import EchoConfig
 from omni.engines import ENGINE_NAMES
 from omni.lite.config import LiteConfig
@@ -36,11 +37,6 @@ class SettingsError(ValueError):
     """Settings that cannot be used; the message says which and why."""
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -51,12 +47,12 @@ class ServerSettings:
     """Folder of the call page; empty = the web/ folder next to the packages."""
 
     def __post_init__(self) -> None:
-        _require(0 <= self.port <= 65535, "port must be 0..65535")
-        _require(
+        require(0 <= self.port <= 65535, "port must be 0..65535")
+        require(
             1024 <= self.max_body_bytes <= 16 * 1024 * 1024,
             "max_body_bytes must be 1 KiB..16 MiB",
         )
-        _require(1 <= self.max_calls <= 1000, "max_calls must be 1..1000")
+        require(1 <= self.max_calls <= 1000, "max_calls must be 1..1000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +67,9 @@ class EngineSettings:
     minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
 
     def __post_init__(self) -> None:
-        _require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")
-        _require(0 <= self.replicas <= 64, "replicas must be 0..64")
-        _require(0 <= self.max_queue <= 1000, "max_queue must be 0..1000")
+        require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")
+        require(0 <= self.replicas <= 64, "replicas must be 0..64")
+        require(0 <= self.max_queue <= 1000, "max_queue must be 0..1000")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +79,7 @@ class LoggingSettings:
 
     def __post_init__(self) -> None:
         levels = ("DEBUG", "INFO", "WARNING", "ERROR")
-        _require(self.level.upper() in levels, f"level must be one of {', '.join(levels)}")
+        require(self.level.upper() in levels, f"level must be one of {', '.join(levels)}")
 
 
 @dataclass(frozen=True, slots=True)

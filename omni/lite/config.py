@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omni.api import require
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer in one short spoken sentence."
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +36,18 @@ class LiteConfig:
     """A turn longer than this is answered without waiting for a pause."""
 
     def __post_init__(self) -> None:
-        _require(1 <= self.threads <= 64, "threads must be 1..64")
-        _require(100 <= self.end_pause_ms <= 3000, "end_pause_ms must be 100..3000")
-        _require(
+        require(1 <= self.threads <= 64, "threads must be 1..64")
+        require(100 <= self.end_pause_ms <= 3000, "end_pause_ms must be 100..3000")
+        require(
             0 <= self.speculate_after_ms <= self.end_pause_ms,
             "speculate_after_ms must be 0..end_pause_ms",
         )
-        _require(32 <= self.min_speech_ms <= 3000, "min_speech_ms must be 32..3000")
-        _require(0.05 <= self.vad_threshold <= 0.95, "vad_threshold must be 0.05..0.95")
-        _require(0 < len(self.system_prompt) <= 2000, "system_prompt must be 1..2000 characters")
-        _require(0 <= self.memory_turns <= 8, "memory_turns must be 0..8")
-        _require(4 <= self.max_reply_tokens <= 512, "max_reply_tokens must be 4..512")
-        _require(1 <= self.max_reply_sentences <= 20, "max_reply_sentences must be 1..20")
-        _require(0 <= self.temperature <= 2, "temperature must be 0..2")
-        _require(0.5 <= self.speech_rate <= 2, "speech_rate must be 0.5..2")
-        _require(2 <= self.max_turn_s <= 120, "max_turn_s must be 2..120")
+        require(32 <= self.min_speech_ms <= 3000, "min_speech_ms must be 32..3000")
+        require(0.05 <= self.vad_threshold <= 0.95, "vad_threshold must be 0.05..0.95")
+        require(0 < len(self.system_prompt) <= 2000, "system_prompt must be 1..2000 characters")
+        require(0 <= self.memory_turns <= 8, "memory_turns must be 0..8")
+        require(4 <= self.max_reply_tokens <= 512, "max_reply_tokens must be 4..512")
+        require(1 <= self.max_reply_sentences <= 20, "max_reply_sentences must be 1..20")
+        require(0 <= self.temperature <= 2, "temperature must be 0..2")
+        require(0.5 <= self.speech_rate <= 2, "speech_rate must be 0.5..2")
+        require(2 <= self.max_turn_s <= 120, "max_turn_s must be 2..120")

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omni.api import require
+
 DEFAULT_MODEL = "openbmb/MiniCPM-o-4_5"
 DEFAULT_PROMPT_EN = "Streaming Omni Conversation."
 DEFAULT_PROMPT_ZH = "Streaming Omni Conversation. 请用中文回答。"
 DTYPES = ("bfloat16", "float16", "float32")
 ATTENTION = ("sdpa", "flash_attention_2", "eager")
 WINDOWS = ("off", "basic", "context")
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,29 +51,29 @@ class MiniCPMOConfig:
     """After a barge-in, units of the model's unfinished turn that are muted at most."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.model), "model must be a model id or a folder")
-        _require(len(self.devices) > 0, "devices must name at least one device")
+        require(bool(self.model), "model must be a model id or a folder")
+        require(len(self.devices) > 0, "devices must name at least one device")
         for device in self.devices:
-            _require(
+            require(
                 device == "cpu" or device.startswith("cuda"),
                 f"devices must be cuda, cuda:N or cpu (not {device!r})",
             )
-        _require(1 <= self.replicas_per_device <= 8, "replicas_per_device must be 1..8")
-        _require(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}")
-        _require(
+        require(1 <= self.replicas_per_device <= 8, "replicas_per_device must be 1..8")
+        require(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}")
+        require(
             self.attn_implementation in ATTENTION,
             f"attn_implementation must be one of {', '.join(ATTENTION)}",
         )
-        _require(0 <= self.force_listen_count <= 30, "force_listen_count must be 0..30")
-        _require(0 < self.listen_prob_scale <= 100, "listen_prob_scale must be in (0, 100]")
-        _require(
+        require(0 <= self.force_listen_count <= 30, "force_listen_count must be 0..30")
+        require(0 < self.listen_prob_scale <= 100, "listen_prob_scale must be in (0, 100]")
+        require(
             1 <= self.max_new_speak_tokens_per_chunk <= 100,
             "max_new_speak_tokens_per_chunk must be 1..100",
         )
-        _require(0 <= self.temperature <= 2, "temperature must be 0..2")
-        _require(1 <= self.top_k <= 1000, "top_k must be 1..1000")
-        _require(0 < self.top_p <= 1, "top_p must be in (0, 1]")
-        _require(
+        require(0 <= self.temperature <= 2, "temperature must be 0..2")
+        require(1 <= self.top_k <= 1000, "top_k must be 1..1000")
+        require(0 < self.top_p <= 1, "top_p must be in (0, 1]")
+        require(
             self.sliding_window in WINDOWS, f"sliding_window must be one of {', '.join(WINDOWS)}"
         )
-        _require(0 <= self.interrupt_mute_units <= 60, "interrupt_mute_units must be 0..60")
+        require(0 <= self.interrupt_mute_units <= 60, "interrupt_mute_units must be 0..60")
