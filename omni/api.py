@@ -76,6 +76,9 @@ class StepResult:
     end_of_turn: bool = False
     timings: Mapping[str, float] = field(default_factory=dict)
     """Milliseconds per engine stage, as the engine reports them."""
+    heard: str = ""
+    """What the engine understood the person to say, when a turn of theirs ended in this unit
+    (engines with their own speech recognition; '' otherwise)."""
 
 
 class Language(StrEnum):

@@ -92,6 +92,14 @@ class SpeechStopped(ServerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class InputTranscript(ServerEvent):
+    type: ClassVar[str] = "input.transcript"
+    text: str
+    """What the engine understood the person to say in the turn that just ended."""
+    unit: int
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseInterrupted(ServerEvent):
     type: ClassVar[str] = "response.interrupted"
     reason: Literal["barge_in", "client_cancel"]

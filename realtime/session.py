@@ -27,6 +27,7 @@ from realtime.errors import CallError
 from realtime.events import (
     ErrorEvent,
     EventChannel,
+    InputTranscript,
     OutputTextDelta,
     Ping,
     Pong,
@@ -365,6 +366,8 @@ class Call:
             "step_ms": round(timing.step_ms, 1),
         }
         timings.update({f"engine_{k}": round(v, 1) for k, v in result.timings.items()})
+        if result.heard:
+            self.events.send(InputTranscript(text=result.heard, unit=unit.index))
         if text:
             self.events.send(OutputTextDelta(delta=text, unit=unit.index))
         self.events.send(

@@ -141,7 +141,10 @@ function onServerEvent(message) {
       break;
     case "input.speech_stopped":
       setBadge(ui.speech, "quiet", "you: quiet");
-      addTranscript("person", "(you spoke)");
+      break;
+    case "input.transcript":
+      addTranscript("person", message.text);
+      turn = null;
       break;
     case "response.interrupted":
       turn = null;

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -98,6 +99,8 @@ class LiteSession:
         asr_ms += (time.perf_counter() - t) * 1000
         timings = {"vad": update.vad_ms, "asr": asr_ms}
         result = self._deliver(new_reply, timings)
+        if new_reply and self.heard:
+            result = replace(result, heard=self.heard[-1])
         timings["total"] = (time.perf_counter() - began) * 1000
         return result
 

@@ -105,6 +105,8 @@ def test_a_spoken_question_gets_a_spoken_answer(replica: LiteReplica, speaker: S
     # completes (a 500 ms pause): at most two units after the speech.
     question_end_unit = int(0.5 + speaker.say("What is the capital of France?").size / INPUT_RATE)
     assert first <= question_end_unit + 2
+    assert results[first].heard == session.heard[0]
+    assert all(not r.heard for i, r in enumerate(results) if i != first)
     text = "".join(r.text for r in results)
     assert "paris" in text.lower(), text
     assert results[speaking[-1]].end_of_turn

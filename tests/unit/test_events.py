@@ -47,6 +47,7 @@ SAMPLES: dict[type[ServerEvent], ServerEvent] = {
     ev.SessionClosed: ev.SessionClosed(reason="hangup"),
     ev.SessionQueued: ev.SessionQueued(position=2, estimated_wait_s=240.0, queue_length=3),
     ev.SessionQueueDone: ev.SessionQueueDone(waited_s=12.5),
+    ev.InputTranscript: ev.InputTranscript(text="[echo 2.0 s]", unit=3),
 }
 
 
