@@ -51,8 +51,10 @@ async def test_browser_call_with_lite_engine(
         )
         assert text.strip(), "no reply text"
         heard = " ".join(e["text"] for e in observed["events"] if e["type"] == "input.transcript")
-        # Through the browser (its audio processing, Opus) recognition is good, not perfect.
-        assert {"capital", "france"} & set(heard.lower().split()), heard
+        # Through the browser (its noise suppression, Opus) recognition is good, not perfect:
+        # the engine-level tests check it exactly.
+        question = {"what", "is", "the", "capital", "of", "france"}
+        assert len(question & set(heard.lower().split())) >= 3, heard
         assert "input.speech_stopped" in [e["type"] for e in observed["events"]]
         assert any(e["type"] == "unit" and e["state"] == "speak" for e in observed["events"])
         shown = (await page.locator("#transcript").inner_text()).lower()
