@@ -1,9 +1,15 @@
 """The pool that lends model replicas to calls, with a bounded waiting queue.
 
-A call holds one replica for its whole life.  When every replica is busy, a new call waits
-in a queue of at most ``max_queue`` calls, first come first served, and is told its position
-and an estimated wait whenever the queue moves; a full queue refuses the call.  The estimate
-is the position times the mean length of recent calls, divided by the number of replicas.
+A call holds one replica for its whole life.  Admission is synchronous: ``join`` either hands
+out a free replica at once or a place in a queue of at most ``max_queue`` calls (first come,
+first served), and refuses the call when the queue is full, so concurrent requests can never
+over-book the pool.  A waiting call is told its position and an estimated wait whenever the
+queue moves: the position times the mean length of recent calls, divided by the number of
+healthy replicas.
+
+A replica whose cleanup failed is taken out of service and rebuilt on its own thread (with
+back-off) by a task the pool owns; while no replica is healthy the pool is not ready and
+refuses calls.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CALL_S = 120.0
 """Assumed length of a call before any has ended (the official demo's figure)."""
+_REPAIR_BACKOFF_S = (1.0, 5.0, 15.0, 60.0)
 
 
 class QueueFull(RuntimeError):
-    """Every replica is busy and the waiting queue is full."""
+    """Every replica is busy and the waiting queue is full (or no replica is healthy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,25 +80,76 @@ class Lease:
 @dataclass(slots=True)
 class _Waiter:
     future: asyncio.Future[Lease]
-    on_queue: OnQueue
+    on_queue: OnQueue | None = None
+    last: QueuePosition | None = None
     since: float = field(default_factory=time.monotonic)
+
+    def tell(self, where: QueuePosition) -> None:
+        self.last = where
+        if self.on_queue is not None:
+            self.on_queue(where)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A call's claim on the pool: a replica now, or a place in the queue."""
+
+    pool: ReplicaPool
+    lease: Lease | None = None
+    waiter: _Waiter | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self.lease is None
+
+    async def wait(self, on_queue: OnQueue) -> Lease:
+        """The replica, once it is this call's turn (told its place meanwhile)."""
+        if self.lease is not None:
+            return self.lease
+        waiter = self.waiter
+        assert waiter is not None
+        waiter.on_queue = on_queue
+        if waiter.last is not None and not waiter.future.done():
+            on_queue(waiter.last)
+        lease = await waiter.future
+        lease.waited_s = time.monotonic() - waiter.since
+        self.lease = lease
+        return lease
+
+    def cancel(self) -> None:
+        """Give the claim back, whatever state it is in (idempotent)."""
+        lease, self.lease = self.lease, None
+        waiter, self.waiter = self.waiter, None
+        if lease is not None:
+            lease.release()
+        elif waiter is not None:
+            self.pool._leave(waiter)
 
 
 class ReplicaPool:
-    """Holds ``engine.info.replicas`` replicas; ready once every one has warmed up."""
+    """Holds ``engine.info.replicas`` replicas; ready once they have warmed up."""
 
     def __init__(self, engine: Engine, max_queue: int = 0) -> None:
         self.engine = engine
         self.max_queue = max_queue
         self._slots: list[ReplicaSlot] = []
         self._waiters: deque[_Waiter] = deque()
+        self._repairs: set[asyncio.Task[None]] = set()
         self._call_s = DEFAULT_CALL_S
-        self.ready = False
+        self._warm = False
         self.error: str | None = None
 
     @property
     def info(self) -> EngineInfo:
         return self.engine.info
+
+    @property
+    def ready(self) -> bool:
+        return self._warm and self.healthy > 0
+
+    @property
+    def healthy(self) -> int:
+        return sum(1 for s in self._slots if s.healthy)
 
     @property
     def free(self) -> int:
@@ -129,11 +187,11 @@ class ReplicaPool:
         except Exception as exc:
             self.error = f"{name} failed to warm up: {exc}"
             raise
-        self.ready = True
+        self._warm = True
         log.info("engine ready", extra={"engine": name, "replicas": len(self._slots)})
 
     def try_acquire(self) -> Lease | None:
-        if not self.ready:
+        if not self.ready or self._waiters:
             return None
         for slot in self._slots:
             if not slot.busy and slot.healthy:
@@ -141,55 +199,98 @@ class ReplicaPool:
                 return Lease(slot, self)
         return None
 
-    async def acquire(self, on_queue: OnQueue) -> Lease:
-        """A free replica, waiting in the queue if need be (raises QueueFull)."""
-        lease = self.try_acquire() if not self._waiters else None
+    def join(self) -> Ticket:
+        """Claim a replica now or a place in the queue; raises QueueFull."""
+        lease = self.try_acquire()
         if lease is not None:
-            return lease
+            return Ticket(self, lease=lease)
         if not self.ready or len(self._waiters) >= self.max_queue:
             raise QueueFull(f"all {self.size} replicas are busy and {self.queued} calls wait")
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), on_queue)
+        waiter = _Waiter(asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
         self._announce()
-        try:
-            lease = await waiter.future
-        except BaseException:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-                self._announce()
-            elif waiter.future.done() and not waiter.future.cancelled():
-                waiter.future.result().release()
-            raise
-        lease.waited_s = time.monotonic() - waiter.since
-        return lease
+        return Ticket(self, waiter=waiter)
 
     def release(self, lease: Lease) -> None:
         held = time.monotonic() - lease.since
         self._call_s = 0.8 * self._call_s + 0.2 * held
         slot = lease.slot
-        while self._waiters and slot.healthy:
+        slot.busy = False
+        if slot.healthy:
+            self._serve(slot)
+
+    def _serve(self, slot: ReplicaSlot) -> None:
+        """Hand a free, healthy replica to the first caller still waiting."""
+        while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.future.done():
+                slot.busy = True
                 waiter.future.set_result(Lease(slot, self))
                 self._announce()
                 return
-        slot.busy = False
+
+    def _leave(self, waiter: _Waiter) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            waiter.future.cancel()
+            self._announce()
+        elif waiter.future.done() and not waiter.future.cancelled():
+            waiter.future.result().release()
 
     def mark_broken(self, lease: Lease, why: str) -> None:
-        """Take a replica out of service (its cleanup failed)."""
-        lease.slot.healthy = False
-        log.error("replica %d taken out of service: %s", lease.slot.index, why)
+        """Take a replica out of service (its cleanup failed) and rebuild it."""
+        slot = lease.slot
+        slot.healthy = False
+        log.error("replica %d taken out of service: %s", slot.index, why)
+        if not self.healthy:
+            for waiter in self._waiters:
+                if not waiter.future.done():
+                    waiter.future.set_exception(QueueFull("no engine replica is working"))
+            self._waiters.clear()
+        task = asyncio.get_running_loop().create_task(
+            self._repair(slot), name=f"repair-{slot.index}"
+        )
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
+    async def _repair(self, slot: ReplicaSlot) -> None:
+        loop = asyncio.get_running_loop()
+        for attempt in range(1_000_000):
+            old = slot.replica
+            try:
+                await loop.run_in_executor(slot.thread, old.shutdown)
+            except Exception:
+                log.exception("broken replica %d failed to shut down", slot.index)
+            try:
+                replica = await loop.run_in_executor(
+                    slot.thread, self.engine.create_replica, slot.index
+                )
+                await loop.run_in_executor(slot.thread, replica.warmup)
+            except Exception:
+                delay = _REPAIR_BACKOFF_S[min(attempt, len(_REPAIR_BACKOFF_S) - 1)]
+                log.exception("replica %d could not be rebuilt; again in %.0f s", slot.index, delay)
+                await asyncio.sleep(delay)
+                continue
+            slot.replica = replica
+            slot.healthy = True
+            slot.busy = False
+            log.info("replica %d rebuilt", slot.index)
+            self._serve(slot)
+            return
 
     def _announce(self) -> None:
-        replicas = max(1, sum(1 for s in self._slots if s.healthy))
+        replicas = max(1, self.healthy)
         length = len(self._waiters)
         for position, waiter in enumerate(self._waiters, start=1):
             wait = position * self._call_s / replicas
-            waiter.on_queue(QueuePosition(position, round(wait, 1), length))
+            waiter.tell(QueuePosition(position, round(wait, 1), length))
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
-        self.ready = False
+        self._warm = False
+        for task in list(self._repairs):
+            task.cancel()
+        await asyncio.gather(*self._repairs, return_exceptions=True)
         for waiter in self._waiters:
             if not waiter.future.done():
                 waiter.future.cancel()

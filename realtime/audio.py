@@ -52,6 +52,7 @@ class InboundAudio:
     def __init__(self) -> None:
         self._resampler = av.AudioResampler(format="flt", layout="mono", rate=INPUT_RATE)
         self._next_pts_s: float | None = None
+        self._rate = 0
         self._started = False
         self.gap_samples = 0
         """16 kHz samples of silence standing in for packets that never came."""
@@ -84,6 +85,10 @@ class InboundAudio:
             to_mono(frame).reshape(1, -1), format="flt", layout="mono"
         )
         mono.sample_rate = rate
+        if rate != self._rate:
+            # A new codec (Opus to PCMU, say) changes the rate: start a new filter.
+            self._rate = rate
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=INPUT_RATE)
         converted = self._resample(mono)
         if not self._started:
             self._started = True
@@ -167,7 +172,7 @@ def decode_voice(data: bytes) -> NDArray[np.float32]:
                     if total > MAX_VOICE_S * INPUT_RATE:
                         raise InvalidVoice(f"the voice clip is longer than {MAX_VOICE_S:.0f} s")
                     parts.append(samples)
-    except av.FFmpegError as exc:
+    except (av.FFmpegError, ValueError) as exc:
         raise InvalidVoice(f"the voice clip is not an audio file PyAV can read: {exc}") from None
     if total < MIN_VOICE_S * INPUT_RATE:
         raise InvalidVoice(f"the voice clip is shorter than {MIN_VOICE_S:.0f} s")

@@ -6,8 +6,10 @@ the two in step.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -164,6 +166,8 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
         )
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError("invalid_json", "message is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("invalid_json", f"message is not JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
@@ -178,7 +182,13 @@ def parse_client_event(raw: str | bytes) -> ClientEvent:
             raise ProtocolError("invalid_event", "ping.id must be a string or an integer")
         if stamp is not None and (isinstance(stamp, bool) or not isinstance(stamp, (int, float))):
             raise ProtocolError("invalid_event", "ping.t must be a number")
-        return Ping(id=ping_id, t=float(stamp) if stamp is not None else None)
+        try:
+            t = float(stamp) if stamp is not None else None
+        except OverflowError:
+            t = math.inf
+        if t is not None and not math.isfinite(t):
+            raise ProtocolError("invalid_event", "ping.t must be a finite number")
+        return Ping(id=ping_id, t=t)
     if kind == "response.cancel":
         return ResponseCancel()
     raise ProtocolError("unknown_event", f"unknown event type {kind!r}")
@@ -206,11 +216,13 @@ class EventChannel:
     def __init__(self) -> None:
         self._port: DataPort | None = None
         self._backlog: deque[str] = deque(maxlen=_MAX_BACKLOG)
+        self._opened = asyncio.Event()
         self.sent = 0
         self.dropped = 0
 
     def attach(self, port: DataPort) -> None:
         self._port = port
+        self._opened.set()
         self.flush()
 
     def flush(self) -> None:
@@ -231,8 +243,12 @@ class EventChannel:
         self.flush()
         self._send_now(port, text)
 
-    async def drain(self, clock: Clock, timeout_s: float) -> None:
-        """Wait (briefly) until what was sent has left, e.g. before closing the call."""
+    async def drain(self, clock: Clock, timeout_s: float, open_timeout_s: float = 0.0) -> None:
+        """Wait (briefly) until what was sent has left, e.g. before closing the call; when
+        events wait for a channel that has not opened, wait up to ``open_timeout_s`` for it."""
+        if self._backlog and open_timeout_s > 0 and not self._opened.is_set():
+            await clock.wait_until(self._opened, clock.now() + open_timeout_s)
+        self.flush()
         deadline = clock.now() + timeout_s
         port = self._port
         while port is not None and port.is_open and port.buffered_bytes > 0:

@@ -135,6 +135,10 @@ def check_offer(sdp: str) -> None:
     audio = [codecs for kind, codecs in sections if kind == "audio"]
     if not audio:
         raise UnsupportedMedia("the offer has no audio section")
+    for kind in ("audio", "video"):
+        if sum(1 for k, _ in sections if k == kind) > 1:
+            # Every inbound track must be drained; a call has one voice and one camera.
+            raise UnsupportedMedia(f"the offer has more than one {kind} section")
     if not any(SUPPORTED_AUDIO_CODECS & set(codecs.values()) for codecs in audio):
         offered = sorted({c for codecs in audio for c in codecs.values()})
         raise UnsupportedMedia(
@@ -314,7 +318,12 @@ class Peer:
 
         def on_message(message: str | bytes) -> None:
             self.last_activity = self._clock()
-            self.on_message(message)
+            try:
+                self.on_message(message)
+            except Exception:
+                # Never let a client's message raise into aiortc's receive loop: it would
+                # close the whole connection.
+                log.exception("data-channel message handler failed")
 
         channel.on("message", on_message)
         channel.on("open", lambda: self.on_channel(port))

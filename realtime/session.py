@@ -91,8 +91,9 @@ class EngineSource(Protocol):
         """A session on a free replica, waiting for one if need be; raises CallError."""
         ...
 
-    async def close(self, binding: EngineBinding) -> None:
-        """Close the session (full cleanup) and give the replica back."""
+    async def close(self, binding: EngineBinding | None) -> None:
+        """Close the session (full cleanup) if one was opened, and give the replica or the
+        place in the queue back."""
         ...
 
 
@@ -193,6 +194,11 @@ class Call:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._watch(), name=f"{self.call_id}:watch")
                 tasks.create_task(self._read_audio(), name=f"{self.call_id}:audio-in")
+                # Video is drained from the start (frames are dropped until units run).
+                tasks.create_task(
+                    pump_video(self.peer.video_frames(), self._clock, self.video),
+                    name=f"{self.call_id}:video-in",
+                )
                 if self.mode is CallMode.ENGINE and engine is not None:
                     tasks.create_task(
                         self._start_engine(engine, tasks), name=f"{self.call_id}:engine"
@@ -213,12 +219,14 @@ class Call:
         self._ending = True
         self.stop(self.end_reason or "ended")
         self.events.send(SessionClosed(reason=self.end_reason or "ended"))
-        await self.events.drain(self._clock, timeout_s=0.2)
+        # If the channel never opened (an error right at the start), give it a moment to,
+        # so the client learns why its call ended.
+        await self.events.drain(self._clock, timeout_s=0.2, open_timeout_s=2.0)
         try:
             await self.peer.close()
         finally:
             engine, self._engine = self._engine, None
-            if engine is not None and self._source is not None:
+            if self._source is not None:
                 try:
                     await self._source.close(engine)
                 except Exception:
@@ -244,10 +252,6 @@ class Call:
         self._engine = binding
         if self.queued:
             self.events.send(SessionQueueDone(waited_s=round(binding.waited_s, 2)))
-        tasks.create_task(
-            pump_video(self.peer.video_frames(), self._clock, self.video),
-            name=f"{self.call_id}:video-in",
-        )
         tasks.create_task(self.loop.run_ticker(), name=f"{self.call_id}:ticker")
         tasks.create_task(self.loop.run_stepper(), name=f"{self.call_id}:stepper")
 
@@ -304,7 +308,7 @@ class Call:
             self.vad.speaking
             and not self._barged_in
             and self.speaking
-            and self.vad.speech_ms >= self.config.barge_in_ms
+            and self.vad.voiced_ms >= self.config.barge_in_ms
         ):
             self._barged_in = True
             self.interrupt("barge_in")
@@ -403,6 +407,10 @@ class Call:
             event = parse_client_event(raw)
         except ProtocolError as exc:
             self.events.send(ErrorEvent(exc.code, exc.message))
+            return
+        except Exception as exc:
+            log.warning("unreadable client message: %s", exc)
+            self.events.send(ErrorEvent("invalid_event", "the message could not be read"))
             return
         if isinstance(event, Ping):
             self.events.send(Pong(id=event.id, t=event.t))

@@ -46,10 +46,17 @@ class SpeechDetector:
         self._silent_run = 0
         self._speaking = False
         self._speech_start_frame = 0
+        self._voiced_frames = 0
 
     @property
     def speaking(self) -> bool:
         return self._speaking
+
+    @property
+    def voiced_ms(self) -> int:
+        """Voiced audio in the current speech (0 when not speaking): how long the person has
+        really been talking, not counting the pause that will end it."""
+        return self._voiced_frames * VAD_FRAME_MS if self._speaking else 0
 
     @property
     def speech_ms(self) -> int:
@@ -85,9 +92,11 @@ class SpeechDetector:
                     + next(i for i, v in enumerate(self._window) if v)
                 )
                 self._speech_start_frame = first
+                self._voiced_frames = sum(self._window)
                 return SpeechEvent(SpeechEdge.STARTED, first * VAD_FRAME_MS)
             return None
         self._silent_run = 0 if voiced else self._silent_run + 1
+        self._voiced_frames += voiced
         if self._silent_run >= self._stop_frames:
             self._speaking = False
             self._window.clear()

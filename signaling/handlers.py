@@ -48,6 +48,8 @@ _PARSE_ON_LOOP_BYTES = 64 * 1024
 def _parse(raw: bytes) -> tuple[CallRequest, NDArray[np.float32] | None]:
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     try:

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from omni.api import Language, SessionConfig
-from omni.pool import Lease, QueueFull, QueuePosition, ReplicaPool
+from omni.pool import QueueFull, QueuePosition, ReplicaPool, Ticket
 from realtime.clock import Clock
 from realtime.errors import CallError, EngineBusy, EngineUnavailableError
 from realtime.session import Call, CallMode, EngineBinding, QueueCallback
@@ -40,19 +40,23 @@ class Admitted:
 
 
 class PoolEngineSource:
-    """Lends a call one replica of the pool for its whole life (realtime.session.EngineSource)."""
+    """Lends a call the replica its ticket claimed (realtime.session.EngineSource)."""
 
-    def __init__(self, pool: ReplicaPool, config: SessionConfig) -> None:
+    def __init__(self, pool: ReplicaPool, ticket: Ticket, config: SessionConfig) -> None:
         self._pool = pool
+        self._ticket = ticket
         self._config = config
-        self._lease: Lease | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self._ticket.queued
 
     async def open(self, on_queue: QueueCallback) -> EngineBinding:
         def told(where: QueuePosition) -> None:
             on_queue(where.position, where.estimated_wait_s, where.queue_length)
 
         try:
-            lease = await self._pool.acquire(told)
+            lease = await self._ticket.wait(told)
         except QueueFull as exc:
             raise EngineBusy(str(exc)) from None
         loop = asyncio.get_running_loop()
@@ -60,32 +64,29 @@ class PoolEngineSource:
         try:
             session = await asyncio.shield(opening)
         except asyncio.CancelledError:
-            # The call ended while the session was being opened: finish, clean up, give back.
-            try:
-                opened = await opening
-                await loop.run_in_executor(lease.executor, opened.close)
-            finally:
-                lease.release()
+            # The call ended while the session was being opened: finish, then clean up; the
+            # call's close() gives the replica back.
+            opened = await opening
+            await loop.run_in_executor(lease.executor, opened.close)
             raise
         except Exception as exc:
-            lease.release()
             log.exception("could not open an engine session")
             raise EngineUnavailableError(f"the engine could not open a session: {exc}") from None
-        self._lease = lease
         return EngineBinding(self._pool.info.name, session, lease.executor, lease.waited_s)
 
-    async def close(self, binding: EngineBinding) -> None:
-        lease, self._lease = self._lease, None
-        loop = asyncio.get_running_loop()
+    async def close(self, binding: EngineBinding | None) -> None:
+        lease = self._ticket.lease
         try:
-            await loop.run_in_executor(binding.executor, binding.session.close)
+            if binding is not None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(binding.executor, binding.session.close)
         except Exception as exc:
             if lease is not None:
                 self._pool.mark_broken(lease, f"session cleanup failed: {exc}")
+                self._ticket.lease = None  # a broken replica is not handed back as free
             raise
         finally:
-            if lease is not None:
-                lease.release()
+            self._ticket.cancel()
 
 
 class CallManager:
@@ -126,17 +127,19 @@ class CallManager:
                     self._pool.error or "the engine is still warming up",
                     {"Retry-After": str(_RETRY_AFTER_S)},
                 )
-            if not self._pool.can_admit:
+            try:
+                ticket = self._pool.join()
+            except QueueFull:
                 raise busy(
                     f"every engine replica is in a call and {self._pool.queued} calls wait",
                     _RETRY_AFTER_S,
-                )
+                ) from None
             config = SessionConfig(
                 instructions=request.session.instructions,
                 language=Language(request.session.language),
                 voice=voice,
             )
-            source = PoolEngineSource(self._pool, config)
+            source = PoolEngineSource(self._pool, ticket, config)
         self._admitting += 1
         call_id = "call_" + secrets.token_hex(8)
         call = Call(
@@ -150,6 +153,8 @@ class CallManager:
         try:
             answer = await call.negotiate(request.sdp)
         except BaseException as exc:
+            if source is not None:
+                await source.close(None)
             await call.peer.close()
             if isinstance(exc, CallError):
                 raise from_call_error(exc) from None
@@ -182,7 +187,7 @@ class CallManager:
             return ended
         raise ApiError(404, "unknown_call", f"no call with id {call_id!r}")
 
-    async def end(self, call_id: str, wait_s: float = 5.0) -> None:
+    async def end(self, call_id: str, wait_s: float = 15.0) -> None:
         """Hang up a call and wait (bounded) until everything it held is freed."""
         call = self._calls.get(call_id)
         if call is None:

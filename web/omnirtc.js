@@ -25,6 +25,7 @@ export class OmniCallError extends Error {
 
 const GATHER_TIMEOUT_MS = 3000;
 const PING_INTERVAL_MS = 1000;
+const DISCONNECT_GRACE_MS = 5000;
 
 export class OmniCall extends EventTarget {
   constructor({ baseUrl = "", session = {}, iceServers = [] } = {}) {
@@ -62,8 +63,11 @@ export class OmniCall extends EventTarget {
     };
     pc.onconnectionstatechange = () => {
       const s = pc.connectionState;
+      clearTimeout(this._graceTimer);
       if (s === "connected") this._setState("connected");
-      if (s === "failed" || s === "disconnected") this._lost(s);
+      if (s === "failed") this._lost(s);
+      // "disconnected" often recovers (a Wi-Fi hiccup): give it a moment before giving up.
+      if (s === "disconnected") this._graceTimer = setTimeout(() => this._lost(s), DISCONNECT_GRACE_MS);
     };
     await pc.setLocalDescription(await pc.createOffer());
     await this._gathered(pc);
@@ -165,6 +169,7 @@ export class OmniCall extends EventTarget {
   }
 
   _close() {
+    clearTimeout(this._graceTimer);
     clearInterval(this._pingTimer);
     this._pingTimer = null;
     if (this.pc) {

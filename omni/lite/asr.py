@@ -109,13 +109,13 @@ class SpeechRecognizer:
         busy, audio = self._expect("stats", _REPLY_TIMEOUT_S)
         return float(busy), float(audio)
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 5.0) -> None:
         if self._conn is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(("stop", None))
             self._conn.close()
         if self._process is not None:
-            self._process.join(timeout=5)
+            self._process.join(timeout=wait_s)
             if self._process.is_alive():
                 self._process.kill()
         self._conn = self._process = None
@@ -131,6 +131,9 @@ class SpeechRecognizer:
     def _expect(self, kind: str, timeout_s: float) -> Any:
         assert self._conn is not None
         if not self._conn.poll(timeout_s):
+            # Its late answer would be read as the answer to the next question: stop the
+            # worker; the replica is rebuilt with a new one.
+            self.close(wait_s=0)
             raise EngineError(f"speech recognition did not answer within {timeout_s:.0f} s")
         try:
             got, payload = self._conn.recv()

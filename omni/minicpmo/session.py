@@ -139,8 +139,9 @@ class MiniCPMOSession:
         return self._map(result, prefill_ms)
 
     def interrupt(self) -> None:
-        self._interrupted.set()
+        # Break first: the replica thread clears the break only after it sees the flag.
         self._duplex.set_break_event()
+        self._interrupted.set()
 
     def close(self) -> None:
         if self._closed:

@@ -45,6 +45,9 @@ class ScriptedSession:
     def close(self) -> None:
         self.closed = True
         self._owner.closed_sessions += 1
+        if self._owner.fail_close:
+            self._owner.fail_close -= 1
+            raise RuntimeError("scripted cleanup failure")
 
 
 class ScriptedReplica:
@@ -72,7 +75,11 @@ class ScriptedEngine:
         fail_on: frozenset[int] = frozenset(),
         fail_always: bool = False,
         step_s: float = 0.0,
+        fail_close: int = 0,
     ) -> None:
+        self.fail_close = fail_close
+        """How many session closes fail (the replica is then rebuilt)."""
+        self.replicas_created = 0
         self.speak_from = speak_from
         self.fail_on = fail_on
         self.fail_always = fail_always
@@ -88,4 +95,5 @@ class ScriptedEngine:
         return self._info
 
     def create_replica(self, index: int) -> ScriptedReplica:
+        self.replicas_created += 1
         return ScriptedReplica(self)

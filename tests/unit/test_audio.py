@@ -362,3 +362,21 @@ def test_video_to_rgb_keeps_colours() -> None:
 def test_video_to_rgb_honours_a_smaller_max_side() -> None:
     rgb = video_to_rgb(video_frame(1280, 720), max_side=100)
     assert rgb.shape == (56, 100, 3)
+
+
+def test_a_change_of_codec_rate_mid_call_keeps_converting() -> None:
+    conv = InboundAudio()
+
+    def frame(rate: int, pts: int, samples: int) -> av.AudioFrame:
+        f = av.AudioFrame.from_ndarray(
+            np.zeros((1, samples), np.int16), format="s16", layout="mono"
+        )
+        f.sample_rate = rate
+        f.pts = pts
+        f.time_base = Fraction(1, rate)
+        return f
+
+    first = conv.convert(frame(48_000, 0, 960), 0.0)
+    assert first.samples.size == 320
+    total = sum(conv.convert(frame(8_000, 160 * k, 160), 0.02).samples.size for k in range(1, 51))
+    assert abs(total - 50 * 320) <= 32

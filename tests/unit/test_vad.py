@@ -147,3 +147,20 @@ def test_feeding_odd_sizes_keeps_media_positions() -> None:
     odd = [e for _, e in feed_all(SpeechDetector(VadConfig()), signal, chunk=77)]
     assert whole == odd
     assert len(whole) == 2
+
+
+def test_voiced_ms_counts_talk_not_the_pause_after_it() -> None:
+    """Barge-in compares voiced time: a 220 ms sound must not look like 400 ms of talk."""
+    detector = SpeechDetector(VadConfig())
+    audio = np.concatenate(
+        [silence(0.5, 16_000), speechlike(0.22, 16_000, seed=4), silence(0.5, 16_000)]
+    )
+    most = 0
+    for start in range(0, audio.size, 320):
+        detector.feed(audio[start : start + 320])
+        most = max(most, detector.voiced_ms)
+        assert detector.voiced_ms <= detector.speech_ms or not detector.speaking
+    assert most < 400
+    talk = SpeechDetector(VadConfig())
+    talk.feed(np.concatenate([silence(0.3, 16_000), speechlike(1.0, 16_000, seed=5)]))
+    assert talk.voiced_ms >= 600
