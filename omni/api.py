@@ -10,7 +10,7 @@ This module imports no torch and no transport code, so anything may import it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -146,6 +146,17 @@ class Engine(Protocol):
     def create_replica(self, index: int) -> Replica:
         """Create replica ``index``; heavy loading belongs in ``Replica.warmup``."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaEngine:
+    """An Engine whose replicas all come from one factory (``make(index)``)."""
+
+    info: EngineInfo
+    make: Callable[[int], Replica]
+
+    def create_replica(self, index: int) -> Replica:
+        return self.make(index)
 
 
 def require(condition: bool, message: str) -> None:

@@ -24,6 +24,7 @@ from omni.api import (
     OUTPUT_UNIT_SAMPLES,
     DuplexSession,
     EngineInfo,
+    ReplicaEngine,
     SessionConfig,
     StepResult,
     Unit,
@@ -211,18 +212,6 @@ class EchoReplica:
         return None
 
 
-class EchoEngine:
-    def __init__(self, config: EchoConfig, replicas: int) -> None:
-        self._config = config
-        self._info = EngineInfo(
-            name="echo",
-            description="echo test: says your last utterance back",
-            replicas=replicas,
-        )
-
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    def create_replica(self, index: int) -> EchoReplica:
-        return EchoReplica(self._config)
+def echo_engine(config: EchoConfig, replicas: int) -> ReplicaEngine:
+    info = EngineInfo("echo", "echo test: says your last utterance back", replicas)
+    return ReplicaEngine(info, lambda index: EchoReplica(config))

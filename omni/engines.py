@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from omni.api import Engine
-from omni.echo import EchoConfig, EchoEngine
+from omni.echo import EchoConfig, echo_engine
 from omni.lite.config import LiteConfig
 from omni.minicpmo.config import MiniCPMOConfig
 
@@ -67,11 +67,11 @@ def build_engine(name: str, replicas: int, max_calls: int, configs: EngineConfig
     """Build engine ``name`` with ``replicas`` replicas (0 = the engine's default)."""
     name = resolve(name, configs)
     if name == "echo":
-        return EchoEngine(configs.echo, replicas or max_calls)
+        return echo_engine(configs.echo, replicas or max_calls)
     if name == "lite":
-        from omni.lite.engine import LiteEngine
+        from omni.lite.engine import lite_engine
 
-        return LiteEngine(configs.lite, replicas or min(LITE_DEFAULT_REPLICAS, max_calls))
+        return lite_engine(configs.lite, replicas or min(LITE_DEFAULT_REPLICAS, max_calls))
     if name == "minicpmo":
         from omni.minicpmo.engine import MiniCPMOEngine
 

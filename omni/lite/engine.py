@@ -21,6 +21,7 @@ from omni.api import (
     OUTPUT_UNIT_SAMPLES,
     DuplexSession,
     EngineInfo,
+    ReplicaEngine,
     SessionConfig,
     StepResult,
     Unit,
@@ -289,18 +290,10 @@ class LiteReplica:
         self.voice.close()
 
 
-class LiteEngine:
-    def __init__(self, config: LiteConfig, replicas: int) -> None:
-        self._config = config
-        self._info = EngineInfo(
-            name="lite",
-            description="CPU conversation: Silero VAD, pocketsphinx, SmolLM2-135M, Piper (English)",
-            replicas=replicas,
-        )
-
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    def create_replica(self, index: int) -> LiteReplica:
-        return LiteReplica(self._config)
+def lite_engine(config: LiteConfig, replicas: int) -> ReplicaEngine:
+    info = EngineInfo(
+        "lite",
+        "CPU conversation: Silero VAD, pocketsphinx, SmolLM2-135M, Piper (English)",
+        replicas,
+    )
+    return ReplicaEngine(info, lambda index: LiteReplica(config))

@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller
+from tests.support.caller import Caller, make_offer
 
 
 async def _error(response: aiohttp.ClientResponse) -> dict[str, str]:
@@ -16,14 +16,6 @@ async def _error(response: aiohttp.ClientResponse) -> dict[str, str]:
     assert set(body["error"]) == {"code", "message"}
     assert body["error"]["message"]
     return dict(body["error"])
-
-
-async def _valid_offer() -> str:
-    caller = Caller("http://unused")
-    try:
-        return await caller.offer()
-    finally:
-        await caller.close()
 
 
 @pytest.mark.parametrize(
@@ -73,7 +65,7 @@ async def test_unsupported_codec_is_named(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server()
-    sdp = await _valid_offer()
+    sdp = await make_offer()
     lines = []
     for line in sdp.split("\r\n"):
         if line.startswith("m=audio"):
@@ -96,7 +88,7 @@ async def test_garbage_that_looks_like_sdp_is_rejected(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server()
-    sdp = (await _valid_offer()).replace("a=ice-ufrag", "a=x-ufrag").replace("a=ice-pwd", "a=x-pwd")
+    sdp = (await make_offer()).replace("a=ice-ufrag", "a=x-ufrag").replace("a=ice-pwd", "a=x-pwd")
     async with http.post(f"{server.url}/v1/calls", json={"sdp": sdp, "type": "offer"}) as r:
         assert r.status == 400
         assert (await _error(r))["code"] == "invalid_sdp"

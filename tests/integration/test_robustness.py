@@ -8,16 +8,8 @@ import aiohttp
 
 from omni.pool import ReplicaPool
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller
+from tests.support.caller import Caller, make_offer
 from tests.support.engines import ScriptedEngine
-
-
-async def _offer() -> str:
-    caller = Caller("http://unused")
-    try:
-        return await caller.offer()
-    finally:
-        await caller.close()
 
 
 async def test_hostile_data_channel_messages_do_not_break_the_call(
@@ -73,7 +65,7 @@ async def test_concurrent_offers_never_overbook_the_replicas(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server(pool=ReplicaPool(ScriptedEngine(replicas=1), max_queue=1))
-    offers = [await _offer() for _ in range(5)]
+    offers = [await make_offer() for _ in range(5)]
     responses = await asyncio.gather(
         *(http.post(f"{server.url}/v1/calls", json={"sdp": o, "type": "offer"}) for o in offers)
     )

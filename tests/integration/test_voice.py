@@ -12,7 +12,7 @@ import pytest
 
 from omni.pool import ReplicaPool
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller
+from tests.support.caller import Caller, make_offer
 from tests.support.engines import ScriptedEngine
 from tests.support.media import speechlike
 
@@ -26,14 +26,6 @@ def wav_bytes(seconds: float, rate: int = 22_050) -> bytes:
         file.setframerate(rate)
         file.writeframes(pcm.tobytes())
     return buffer.getvalue()
-
-
-async def _offer() -> str:
-    caller = Caller("http://unused")
-    try:
-        return await caller.offer()
-    finally:
-        await caller.close()
 
 
 async def test_the_engine_gets_the_callers_voice_at_16_khz(
@@ -67,7 +59,7 @@ async def test_bad_voice_clips_are_refused(
     start_server: ServerFactory, http: aiohttp.ClientSession, voice: str, message: str
 ) -> None:
     server = await start_server()
-    body = {"sdp": await _offer(), "type": "offer", "session": {"voice": voice}}
+    body = {"sdp": await make_offer(), "type": "offer", "session": {"voice": voice}}
     async with http.post(f"{server.url}/v1/calls", json=body) as response:
         assert response.status == 400
         error = (await response.json())["error"]

@@ -201,3 +201,12 @@ class Caller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def make_offer() -> str:
+    """A real aiortc offer (audio and the events channel), for tests that POST it themselves."""
+    caller = Caller("http://unused")
+    try:
+        return await caller.offer()
+    finally:
+        await caller.close()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from omni.api import INPUT_RATE, OUTPUT_RATE, OUTPUT_UNIT_SAMPLES, UNIT_SAMPLES, StepResult, Unit
-from omni.echo import EchoConfig, EchoEngine, EchoSession
+from omni.echo import EchoConfig, EchoSession, echo_engine
 from tests.support.media import rms, silence, speechlike
 
 PAD_S = 0.15
@@ -216,7 +216,7 @@ def test_echo_config_validates() -> None:
 
 
 def test_engine_builds_working_replicas() -> None:
-    engine = EchoEngine(EchoConfig(), replicas=2)
+    engine = echo_engine(EchoConfig(), replicas=2)
     assert engine.info.name == "echo"
     assert engine.info.replicas == 2
     replica = engine.create_replica(0)
