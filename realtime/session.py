@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, DuplexSession, StepResult, Unit
+from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, StepResult, Unit
 from realtime.audio import WIRE_RATE, OutboundAudio, pcm_frame
+from realtime.binding import EngineBinding, EngineSource
 from realtime.clock import Clock
 from realtime.config import CallConfig, PeerConfig
 from realtime.errors import CallError
@@ -43,12 +42,12 @@ from realtime.events import (
     UnitDone,
     parse_client_event,
 )
+from realtime.figures import snapshot
 from realtime.inbound import RawFrame, VideoSampler, pump_audio, pump_video
 from realtime.outbound import OutboundPacer
 from realtime.peer import EventsChannel, FrameRelay, Peer
 from realtime.playout import PlayoutBuffer
 from realtime.slicer import UnitSlicer
-from realtime.stats import percentiles
 from realtime.unit_loop import EngineFailing, StepTiming, UnitLoop
 from realtime.vad import SpeechDetector, SpeechEdge
 
@@ -67,34 +66,6 @@ class CallState(StrEnum):
     ACTIVE = "active"
     ENDING = "ending"
     ENDED = "ended"
-
-
-@dataclass(frozen=True, slots=True)
-class EngineBinding:
-    """The engine side of a call: a session and the replica thread it must run on."""
-
-    name: str
-    session: DuplexSession
-    executor: Executor
-    waited_s: float = 0.0
-    """Time spent waiting for a free replica."""
-
-
-QueueCallback = Callable[[int, float, int], None]
-"""Told (position, estimated wait in seconds, queue length) while the call waits."""
-
-
-class EngineSource(Protocol):
-    """Where a call gets its engine session (the control plane lends replicas)."""
-
-    async def open(self, on_queue: QueueCallback) -> EngineBinding:
-        """A session on a free replica, waiting for one if need be; raises CallError."""
-        ...
-
-    async def close(self, binding: EngineBinding | None) -> None:
-        """Close the session (full cleanup) if one was opened, and give the replica or the
-        place in the queue back."""
-        ...
 
 
 class _CallEnded(Exception):
@@ -160,6 +131,15 @@ class Call:
     # ------------------------------------------------------------ lifecycle
 
     @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def engine_label(self) -> str:
+        """The engine that answers, or ``loopback``."""
+        return self.engine_name if self.mode is CallMode.ENGINE else "loopback"
+
+    @property
     def state(self) -> CallState:
         if self.finished.is_set():
             return CallState.ENDED
@@ -183,7 +163,7 @@ class Call:
         self.events.send(
             SessionCreated(
                 call_id=self.call_id,
-                engine=self.engine_name if self.mode is CallMode.ENGINE else "loopback",
+                engine=self.engine_label,
                 mode=self.mode.value,
                 unit_ms=UNIT_MS,
                 input_rate=INPUT_RATE,
@@ -420,39 +400,4 @@ class Call:
     # ------------------------------------------------------------ figures
 
     def snapshot(self) -> dict[str, Any]:
-        now = self._clock.now()
-        return {
-            "call_id": self.call_id,
-            "state": self.state.value,
-            "mode": self.mode.value,
-            "engine": self.engine_name if self.mode is CallMode.ENGINE else "loopback",
-            "peer": self.peer.state.value,
-            "age_s": round(now - self.created_at, 3),
-            "end_reason": self.end_reason,
-            "counters": {
-                "audio_in_ms": round(self.audio_in_ms),
-                "units": self.loop.units,
-                "steps": self.loop.steps,
-                "dropped_units": self.loop.dropped_units,
-                "engine_errors": self.loop.errors,
-                "late_audio_samples": self.slicer.late_samples,
-                "speech_segments": self.speech_segments,
-                "interrupts": self.interrupts,
-                "frames_out": self.pacer.frames,
-                "frames_out_skipped": self.pacer.skipped_frames,
-                "speech_out_ms": self.playout.played * 1000 // WIRE_RATE,
-                "speech_dropped_ms": self.playout.dropped * 1000 // WIRE_RATE,
-                "speech_cleared_ms": self.playout.cleared * 1000 // WIRE_RATE,
-                "playout_ms": round(self.playout.level_ms),
-                "video_frames_in": self.video.received,
-                "events_sent": self.events.sent,
-                "events_dropped": self.events.dropped,
-                "loopback_frames_dropped": self.relay.dropped,
-            },
-            "timings_ms": {
-                "step": percentiles(self.loop.step_ms),
-                "wait": percentiles(self.loop.wait_ms),
-                "late": percentiles(self.loop.late_ms),
-                "out_frame_lateness": percentiles(self.pacer.lateness_ms),
-            },
-        }
+        return snapshot(self)

@@ -20,9 +20,10 @@ from numpy.typing import NDArray
 
 from omni.api import Language, SessionConfig
 from omni.pool import QueueFull, QueuePosition, ReplicaPool, Ticket
+from realtime.binding import EngineBinding, QueueCallback
 from realtime.clock import Clock
 from realtime.errors import CallError, EngineBusy, EngineUnavailableError
-from realtime.session import Call, CallMode, EngineBinding, QueueCallback
+from realtime.session import Call, CallMode
 from signaling.errors import ApiError, busy, from_call_error
 from signaling.messages import CallRequest
 from signaling.settings import Settings
