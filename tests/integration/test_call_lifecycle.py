@@ -292,3 +292,27 @@ async def test_video_frames_reach_the_engine(
         assert all(u.audio.shape == (16_000,) for u in units)
     finally:
         await caller.close()
+
+
+async def test_an_engine_slower_than_real_time_keeps_the_call_on_its_clock(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    engine = ScriptedEngine(step_s=1.6, speak_from=0)
+    server = await start_server(pool=_scripted_pool(engine), call__max_pending_units=1)
+    caller = Caller(server.url)
+    try:
+        await caller.call(http)
+        await asyncio.sleep(8.0)
+        units = caller.of_type("unit")
+        assert len(units) >= 3
+        assert sum(u["dropped_units"] for u in units) >= 1, "overrun is reported"
+        indices = [u["index"] for u in units]
+        assert indices == sorted(indices)
+        assert indices[-1] >= len(units), "units were skipped, not queued up"
+        assert max(u["timings"]["late_ms"] for u in units) < 3000, "the lag does not grow"
+        assert all(u["timings"]["step_ms"] >= 1500 for u in units)
+        snap = await _snapshot(http, server.url, caller.call_id or "")
+        assert snap["counters"]["dropped_units"] >= 1
+        assert snap["state"] == "active"
+    finally:
+        await caller.close()
