@@ -102,14 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     if args.command == "replay":
         return _replay(settings, args)
-    # OpenBLAS threads spin and steal the event loop's core; media math needs none.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    runner = _run
+    # (The media path uses no BLAS routines, so numpy's OpenBLAS threads never wake up on
+    # it; see realtime/peer.py's audio level.)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(runner(settings))
-    return uvloop.run(runner(settings))
+        return asyncio.run(_run(settings))
+    return uvloop.run(_run(settings))
 
 
 def _engine(settings: Settings, replicas: int) -> Engine:
