@@ -98,7 +98,8 @@ function startMeter(remoteStream) {
     observed.audio.samples += 1;
     observed.audio.peakRms = Math.max(observed.audio.peakRms, rms);
     if (rms > 0.01) observed.audio.loudMs += interval;
-    ui.level.textContent = `${(20 * Math.log10(rms + 1e-9)).toFixed(0)} dBFS now, ${(observed.audio.loudMs / 1000).toFixed(1)} s heard`;
+    const now = rms > 1e-5 ? `${(20 * Math.log10(rms)).toFixed(0)} dBFS now` : "silence now";
+    ui.level.textContent = `${now}, ${(observed.audio.loudMs / 1000).toFixed(1)} s heard`;
   }, interval);
   return { stop: () => { clearInterval(timer); ctx.close(); } };
 }
