@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
-# Debian packages the test suite needs (a real browser, speech tools, Redis, network namespaces).
-TEST_DEBS := chromium chromium-driver espeak-ng sox redis-server iproute2 util-linux
+# Debian packages the test suite needs: a real browser, and `ip`/`unshare` for a private network namespace.
+TEST_DEBS := chromium iproute2 util-linux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test lint unit install install-dev system-deps bench clean
+.PHONY: serve test lint unit install install-dev system-deps clean
 
 serve: install
 	$(BIN)/omnirtc serve $(ARGS)
