@@ -81,6 +81,20 @@ class ScriptTrack(MediaStreamTrack):
         return frame
 
 
+async def read_audio(
+    track: MediaStreamTrack, sink: Callable[[tuple[float, NDArray[np.float32]]], None]
+) -> None:
+    """Hand every received frame to ``sink`` as (arrival time, 48 kHz mono float32) until the
+    track ends."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            frame = await track.recv()
+            now = time.monotonic()
+            for out in resampler.resample(frame):
+                sink((now, out.to_ndarray().reshape(-1).copy()))
+
+
 @dataclass
 class BenchCall:
     """One client call: sends a script, records received audio per 20 ms frame."""
@@ -129,16 +143,7 @@ class BenchCall:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            self._tasks.append(asyncio.ensure_future(self._read(track)))
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                now = time.monotonic()
-                for out in resampler.resample(frame):
-                    self.received.append((now, out.to_ndarray().reshape(-1).copy()))
+            self._tasks.append(asyncio.ensure_future(read_audio(track, self.received.append)))
 
     async def close(self) -> None:
         await self.pc.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 from numpy.typing import NDArray
 
 from realtime.peer import install_patches
+from tools.benchlib import read_audio
 
 RATE = 48_000
 FRAME = 960
@@ -140,16 +140,7 @@ class Caller:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            self._tasks.append(asyncio.ensure_future(self._read(track)))
-
-    async def _read(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                now = time.monotonic()
-                for out in resampler.resample(frame):
-                    self.received.append((now, out.to_ndarray().reshape(-1).copy()))
+            self._tasks.append(asyncio.ensure_future(read_audio(track, self.received.append)))
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
