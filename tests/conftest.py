@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,29 @@ from omni.pool import ReplicaPool
 from signaling.app import create_app
 from signaling.settings import Settings, load_settings
 from tests.lite.models import replica, speaker
+from tests.support.loop_watch import LoopWatch
 
 __all__ = ["replica", "speaker"]
+
+
+LOOP_HOLD_LIMIT_S = 0.3
+"""Longest an async test's loop may be held up at once: generous for a busy 2-core machine
+(a loop with live calls normally runs every few ms), far below what starves a call."""
+
+
+@pytest.fixture(autouse=True)
+async def loop_watch(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fails an async test whose event loop was held up by blocking work (see LoopWatch)."""
+    if not inspect.iscoroutinefunction(request.function):
+        yield
+        return
+    watch = LoopWatch(LOOP_HOLD_LIMIT_S)
+    watch.start()
+    try:
+        yield
+    finally:
+        await watch.stop()
+    watch.check()
 
 
 @dataclass

@@ -12,10 +12,13 @@ from tests.support.media import speechlike
 
 
 async def main(url: str) -> None:
+    # Made before the call: generating it once the call runs would hold up this loop, and a
+    # client that sends nothing for longer than the idle timeout has vanished.
+    talk = speechlike(30.0)
     caller = Caller(url)
     async with aiohttp.ClientSession() as http:
         body = await caller.call(http)
-    caller.player.play(speechlike(30.0))
+    caller.player.play(talk)
     sys.stdout.write(body["call_id"] + "\n")
     sys.stdout.flush()
     await asyncio.sleep(3600)

@@ -1,0 +1,67 @@
+"""Watches a test's event loop for blocking work that holds it up.
+
+The server, its calls and the test's own peers share the test's loop.  Work that holds the loop
+(generating seconds of audio, say) starves every live call on it: packets stop and a call looks
+vanished.  Every async test runs under a watch (tests/conftest.py) and fails when its loop was
+held up longer than the limit at once, naming the code that held it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import traceback
+
+BEAT_S = 0.01
+
+
+class LoopWatch:
+    """A heartbeat task on the loop and a thread that notices when the beat stops."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.worst_s = 0.0
+        self.blocker = ""
+        """The loop thread's stack, taken while it was held up longest past the limit."""
+        self._beat = time.monotonic()
+        self._loop_thread = threading.get_ident()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._observe, name="loop-watch", daemon=True)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_thread = threading.get_ident()
+        self._beat = time.monotonic()
+        self._task = asyncio.get_running_loop().create_task(self._heartbeat(), name="loop-watch")
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._thread.join()
+
+    def check(self) -> None:
+        if self.worst_s > self.limit_s:
+            raise AssertionError(
+                f"the event loop was held up for {self.worst_s * 1000:.0f} ms at once (limit "
+                f"{self.limit_s * 1000:.0f} ms); do such work before the call or off the loop "
+                f"(asyncio.to_thread). It was here:\n{self.blocker}"
+            )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(BEAT_S)
+
+    def _observe(self) -> None:
+        while not self._stopped.wait(self.limit_s / 4):
+            held = time.monotonic() - self._beat - BEAT_S
+            if held > self.worst_s:
+                self.worst_s = held
+                if held > self.limit_s:
+                    frame = sys._current_frames().get(self._loop_thread)
+                    self.blocker = "".join(traceback.format_stack(frame, limit=12))

@@ -1,0 +1,42 @@
+"""The loop watch every async test runs under notices blocking work and names it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.support.loop_watch import LoopWatch
+
+
+def _hold_the_loop(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _watched(hold_s: float) -> LoopWatch:
+    async def run() -> LoopWatch:
+        watch = LoopWatch(limit_s=0.1)
+        watch.start()
+        for _ in range(5):
+            await asyncio.sleep(0.02)
+        _hold_the_loop(hold_s)
+        await asyncio.sleep(0.05)
+        await watch.stop()
+        return watch
+
+    return asyncio.run(run())
+
+
+def test_blocking_work_on_the_loop_fails_and_is_named() -> None:
+    watch = _watched(0.4)
+    assert 0.3 < watch.worst_s < 1.0
+    with pytest.raises(AssertionError, match="held up for") as raised:
+        watch.check()
+    assert "_hold_the_loop" in str(raised.value)
+
+
+def test_a_loop_that_keeps_turning_passes() -> None:
+    watch = _watched(0.0)
+    assert watch.worst_s < 0.1
+    watch.check()
