@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -41,11 +40,9 @@ from aiortc.mediastreams import MediaStreamError
 
 from realtime.config import PeerConfig
 from realtime.errors import InvalidOffer, UnsupportedMedia
+from realtime.offer import bundle_as_offered, read_offer, with_rejected
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_AUDIO_CODECS = frozenset({"opus", "pcmu", "pcma", "g722"})
-MAX_SDP_BYTES = 64 * 1024
 
 # ---------------------------------------------------------------- patches
 
@@ -108,43 +105,6 @@ def use_immediate_jitter_buffer(receiver: Any) -> ImmediateAudioJitterBuffer:
     buffer = ImmediateAudioJitterBuffer()
     setattr(receiver, _JITTER_ATTR, buffer)
     return buffer
-
-
-# ---------------------------------------------------------------- offer checks
-
-_MEDIA_LINE = re.compile(r"^m=(\w+) \S+ \S+(?: (.*))?$")
-_RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([^/\s]+)/")
-
-
-def check_offer(sdp: str) -> None:
-    """Reject what aiortc would accept silently or fail on obscurely."""
-    if len(sdp) > MAX_SDP_BYTES:
-        raise InvalidOffer(f"the SDP is larger than {MAX_SDP_BYTES} bytes")
-    lines = sdp.replace("\r\n", "\n").split("\n")
-    if not lines or not lines[0].startswith("v=0"):
-        raise InvalidOffer("the SDP must start with 'v=0'")
-    sections: list[tuple[str, dict[str, str]]] = []
-    for line in lines:
-        media = _MEDIA_LINE.match(line)
-        if media:
-            sections.append((media.group(1), {}))
-            continue
-        rtpmap = _RTPMAP.match(line)
-        if rtpmap and sections:
-            sections[-1][1][rtpmap.group(1)] = rtpmap.group(2).lower()
-    audio = [codecs for kind, codecs in sections if kind == "audio"]
-    if not audio:
-        raise UnsupportedMedia("the offer has no audio section")
-    for kind in ("audio", "video"):
-        if sum(1 for k, _ in sections if k == kind) > 1:
-            # Every inbound track must be drained; a call has one voice and one camera.
-            raise UnsupportedMedia(f"the offer has more than one {kind} section")
-    if not any(SUPPORTED_AUDIO_CODECS & set(codecs.values()) for codecs in audio):
-        offered = sorted({c for codecs in audio for c in codecs.values()})
-        raise UnsupportedMedia(
-            f"no supported audio codec offered ({', '.join(offered) or 'none'}); "
-            f"supported: {', '.join(sorted(SUPPORTED_AUDIO_CODECS))}"
-        )
 
 
 # ---------------------------------------------------------------- tracks
@@ -244,6 +204,7 @@ class Peer:
         self.on_channel: Callable[[EventsChannel], None] = lambda _: None
         self.on_message: Callable[[str | bytes], None] = lambda _: None
         self.jitter_buffers: list[ImmediateAudioJitterBuffer] = []
+        self._media_transport: Any = None
         self._pc.on("track", self._on_track)
         self._pc.on("datachannel", self._on_datachannel)
         self._pc.on("connectionstatechange", self._on_state)
@@ -253,32 +214,32 @@ class Peer:
         return self.audio_in is not None
 
     async def answer(self, offer_sdp: str, outbound: FrameSource) -> str:
-        """Negotiate: set the offer, attach our audio track, return the answer SDP."""
-        check_offer(offer_sdp)
+        """Negotiate: set the offer, attach our audio track, return the answer SDP.
+
+        Raises InvalidOffer or UnsupportedMedia (realtime.offer says what is taken)."""
+        # Reading a large offer is pure Python: off the loop, so calls on it keep their pace.
+        offer = await asyncio.to_thread(read_offer, offer_sdp)
         try:
-            await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await self._pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
         except Exception as exc:
             message = str(exc) or type(exc).__name__
-            if "parameters" in message:
-                raise UnsupportedMedia(
-                    f"the offer's audio cannot be negotiated: {message}"
-                ) from None
             raise InvalidOffer(f"the SDP offer was rejected: {message}") from None
         audio = [t for t in self._pc.getTransceivers() if t.kind == "audio"]
-        if not audio:
+        if len(audio) != 1:
             raise UnsupportedMedia("the offer has no usable audio section")
-        for transceiver in audio:
-            self.jitter_buffers.append(use_immediate_jitter_buffer(transceiver.receiver))
+        self.jitter_buffers.append(use_immediate_jitter_buffer(audio[0].receiver))
+        self._watch_media_transport(audio[0].receiver.transport)
         self._pc.addTrack(SourceTrack(outbound))
         token = _host_addresses.set(self._config.host_addresses)
         try:
             answer = await self._pc.createAnswer()
-            await self._pc.setLocalDescription(answer)
+            shaped = bundle_as_offered(answer.sdp, offer)
+            await self._pc.setLocalDescription(RTCSessionDescription(shaped, "answer"))
         except Exception as exc:
             raise InvalidOffer(f"could not answer the offer: {exc}") from None
         finally:
             _host_addresses.reset(token)
-        return str(self._pc.localDescription.sdp)
+        return with_rejected(str(self._pc.localDescription.sdp), offer)
 
     async def audio_frames(self) -> AsyncIterator[av.AudioFrame]:
         async for frame in self._frames(self.audio_in):
@@ -330,9 +291,27 @@ class Peer:
         if port.is_open:
             self.on_channel(port)
 
+    def _watch_media_transport(self, transport: Any) -> None:
+        """The call lives on its audio's transport.  The whole connection counts as connected
+        only once every transport is, and a client may never open its data channel's (a
+        client that bundled what we did not, or that has no use for events): its call still
+        runs, without events."""
+
+        def changed() -> None:
+            if transport.state == "connected":
+                self.connected.set()
+            elif transport.state in ("failed", "closed"):
+                self.ended.set()
+
+        self._media_transport = transport
+        transport.on("statechange", changed)
+
     def _on_state(self) -> None:
         self.state = PeerState(self._pc.connectionState)
         if self.state is PeerState.CONNECTED:
             self.connected.set()
-        elif self.state in (PeerState.FAILED, PeerState.CLOSED):
+        elif self.state is PeerState.CLOSED or (
+            self.state is PeerState.FAILED
+            and getattr(self._media_transport, "state", None) != "connected"
+        ):
             self.ended.set()

@@ -44,23 +44,6 @@ async def test_deeply_nested_json_is_a_400(
         assert (await r.json())["error"]["code"] == "invalid_json"
 
 
-async def test_an_offer_with_two_audio_sections_is_refused(
-    start_server: ServerFactory, http: aiohttp.ClientSession
-) -> None:
-    server = await start_server()
-    caller = Caller("http://unused")
-    try:
-        caller.pc.addTransceiver("audio", "sendrecv")
-        sdp = await caller.offer()
-    finally:
-        await caller.close()
-    async with http.post(f"{server.url}/v1/calls", json={"sdp": sdp, "type": "offer"}) as r:
-        assert r.status == 400
-        error = (await r.json())["error"]
-    assert error["code"] == "unsupported_codec"
-    assert "more than one audio" in error["message"]
-
-
 async def test_concurrent_offers_never_overbook_the_replicas(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:

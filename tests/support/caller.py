@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -119,6 +120,11 @@ class Caller:
         self.events: list[tuple[float, dict[str, Any]]] = []
         self.received: list[tuple[float, NDArray[np.float32]]] = []
         self.call_id: str | None = None
+        self.edit_offer: Callable[[str], str] = lambda sdp: sdp
+        """Changes this client's offer before it is applied and sent (SDP munging)."""
+        self.edit_answer: Callable[[str], str] = lambda sdp: sdp
+        """Changes the server's answer before this client applies it."""
+        self.answer_sdp = ""
         self.connected = asyncio.Event()
         self.channel_open = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,12 +149,16 @@ class Caller:
             self._tasks.append(asyncio.ensure_future(read_audio(track, self.received.append)))
 
     async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = await self.pc.createOffer()
+        offer.sdp = self.edit_offer(offer.sdp)
+        await self.pc.setLocalDescription(offer)
         return str(self.pc.localDescription.sdp)
 
     async def call(
-        self, http: aiohttp.ClientSession, connect_timeout: float = 10.0
+        self, http: aiohttp.ClientSession, connect_timeout: float = 10.0, events: bool = True
     ) -> dict[str, Any]:
+        """Offer, apply the answer and wait until connected (and the events channel is open,
+        unless ``events`` is False)."""
         sdp = await self.offer()
         async with http.post(
             f"{self.base_url}/v1/calls",
@@ -158,11 +168,21 @@ class Caller:
             assert response.status == 201, body
             assert response.headers["Location"] == f"/v1/calls/{body['call_id']}"
         self.call_id = body["call_id"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
+        self.answer_sdp = body["sdp"]
+        answer = self.edit_answer(body["sdp"])
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         async with asyncio.timeout(connect_timeout):
-            await self.connected.wait()
-            await self.channel_open.wait()
+            if events:
+                await self.connected.wait()
+                await self.channel_open.wait()
+            else:
+                await self._audio_transport_connected()
         return dict(body)
+
+    async def _audio_transport_connected(self) -> None:
+        transport = next(t for t in self.pc.getTransceivers() if t.kind == "audio").sender.transport
+        while transport.state != "connected":
+            await asyncio.sleep(0.02)
 
     def send(self, message: dict[str, Any]) -> None:
         self.channel.send(json.dumps(message))
