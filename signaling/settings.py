@@ -49,6 +49,16 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()
     """Origins of other sites' pages that may call the API and import /static/ (CORS);
     empty = the call page's own origin only; ``("*",)`` = any origin."""
+    header_timeout_s: float = 10.0
+    """A connection's request line and headers must arrive within this many seconds of
+    the connection opening or of its previous response (also the keep-alive idle time)."""
+    body_timeout_s: float = 60.0
+    """A request body must arrive within this many seconds of its headers."""
+    max_connections: int = 1024
+    """Open HTTP connections at most; at the limit the oldest connection that has not sent
+    complete request headers is closed to admit a new one."""
+    max_header_bytes: int = 8190
+    """Longest request line, and longest header field (name and value)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, "port must be 0..65535")
@@ -67,6 +77,10 @@ class ServerSettings:
             "*" not in self.cors_origins or len(self.cors_origins) == 1,
             'cors_origins: "*" allows every origin; list it alone',
         )
+        require(0.1 <= self.header_timeout_s <= 600, "header_timeout_s must be 0.1..600")
+        require(0.1 <= self.body_timeout_s <= 3600, "body_timeout_s must be 0.1..3600")
+        require(8 <= self.max_connections <= 1_000_000, "max_connections must be 8..1000000")
+        require(1024 <= self.max_header_bytes <= 65536, "max_header_bytes must be 1024..65536")
 
 
 def _is_origin(text: str) -> bool:

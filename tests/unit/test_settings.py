@@ -251,6 +251,10 @@ def test_unknown_key_from_the_command_line_is_an_error() -> None:
         ({"server.cors_origins": ["null"]}, "server.cors_origins holds origins"),
         ({"server.cors_origins": ["https://u@a.example"]}, "server.cors_origins holds origins"),
         ({"server.cors_origins": ["*", "https://a.example"]}, "list it alone"),
+        ({"server.header_timeout_s": 0}, "server.header_timeout_s must be 0.1..600"),
+        ({"server.body_timeout_s": 0}, "server.body_timeout_s must be 0.1..3600"),
+        ({"server.max_connections": 2}, "server.max_connections must be 8..1000000"),
+        ({"server.max_header_bytes": 100}, "server.max_header_bytes must be 1024..65536"),
         ({"engine.echo.max_utterance_s": 100}, "engine.echo.max_utterance_s must be 0.5..60"),
         (
             {"webrtc.ice_servers": [{"urls": ["stun:ok"]}, {"urls": ["http://x"]}]},
