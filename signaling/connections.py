@@ -96,6 +96,8 @@ class ConnectionGuard(Generic[C]):
     def closed(self, conn: C) -> None:
         self._open.discard(conn)
         self._waiting.pop(conn, None)
+        if (self.evicted, self.refused) != self._reported:
+            self._report()  # what happened since the last report, once the interval is over
 
     def _report(self) -> None:
         now = self._clock()

@@ -81,10 +81,17 @@ def test_the_cap_is_reported_at_most_once_per_interval(caplog: pytest.LogCapture
             guard.opened(i)
         clock.now = 11.0
         guard.opened(100)
-    lines = [r for r in caplog.records if r.name == "signaling.connections"]
-    assert len(lines) == 2
-    assert "closed 1 connection" in lines[0].getMessage()
-    assert "closed 99 connection" in lines[1].getMessage()
+        clock.now = 12.0
+        guard.opened(101)  # within the interval: not reported yet ...
+        guard.closed(101)
+        clock.now = 25.0
+        guard.closed(100)  # ... but by the next close once the interval is over
+        guard.closed(99)  # (and only once)
+    lines = [r.getMessage() for r in caplog.records if r.name == "signaling.connections"]
+    assert len(lines) == 3, lines
+    assert "closed 1 connection" in lines[0]
+    assert "closed 99 connection" in lines[1]
+    assert "closed 1 connection" in lines[2]
 
 
 def test_the_cap_leaves_open_files_for_everything_else() -> None:
