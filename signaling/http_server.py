@@ -18,10 +18,12 @@ What we add here:
 Request bodies are bounded in time by :mod:`signaling.body_timeout`, in the app.
 
 This module subclasses aiohttp's ``Server`` and ``RequestHandler`` (both exported by
-``aiohttp.web``) and overrides ``AppRunner._make_server``, the runner's factory of its
-server; it relies on no other aiohttp internals.  The tests in
-``tests/integration/test_malformed_requests.py`` and ``test_slow_clients.py`` exercise every
-override.
+``aiohttp.web``), overriding methods that aiohttp does not document
+(``RequestHandler.handle_error`` and ``finish_response``, ``Server.__call__``,
+``connection_made`` and ``connection_lost``) and the private ``AppRunner._make_server``, the
+runner's factory of its server; it reads no private attribute.  That is why pyproject.toml
+pins aiohttp's minor version.  The tests in ``tests/integration/test_malformed_requests.py``
+and ``test_slow_clients.py`` exercise every override.
 """
 
 from __future__ import annotations
