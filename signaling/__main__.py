@@ -23,6 +23,7 @@ from omni.api import Engine, EngineUnavailable
 from omni.engines import ENGINE_NAMES, EngineConfigs, build_engine
 from omni.pool import ReplicaPool
 from signaling.app import create_app
+from signaling.http_server import GuardedAppRunner, HttpLimits, fit_to_open_files
 from signaling.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("omnirtc")
@@ -102,13 +103,40 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     if args.command == "replay":
         return _replay(settings, args)
+    # Every connection is a file: take all the open files this process may have.
+    open_files = raise_open_file_limit()
     # (The media path uses no BLAS routines, so numpy's OpenBLAS threads never wake up on
     # it; see realtime/peer.py's audio level.)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_run(settings))
-    return uvloop.run(_run(settings))
+        return asyncio.run(_run(settings, open_files))
+    return uvloop.run(_run(settings, open_files))
+
+
+def raise_open_file_limit() -> int | None:
+    """Raise this process's soft limit on open files to its hard limit (every connection
+    is a file); returns the limit now in force (None where there is no such limit)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, _OPEN_FILES_WITHOUT_HARD)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return None if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+        return soft
+    log.info("open-file limit raised from %d to %d", soft, target)
+    return target
+
+
+_OPEN_FILES_WITHOUT_HARD = 65536
+"""Where the hard limit is unlimited, raise the soft one this far (not to "unlimited",
+which some systems refuse)."""
 
 
 def _engine(settings: Settings, replicas: int) -> Engine:
@@ -147,7 +175,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, open_files: int | None) -> int:
     engine = _engine(settings, settings.engine.replicas)
     pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
     try:
@@ -155,7 +183,17 @@ async def _run(settings: Settings) -> int:
     except FileNotFoundError as exc:
         log.error("%s", exc)
         return 2
-    runner = web.AppRunner(app, access_log=None)
+    max_connections = fit_to_open_files(
+        settings.server.max_connections, open_files, settings.server.max_calls
+    )
+    if max_connections < settings.server.max_connections:
+        log.warning(
+            "server.max_connections lowered from %d to %d: this process may open %d files",
+            settings.server.max_connections,
+            max_connections,
+            open_files,
+        )
+    runner = GuardedAppRunner(app, HttpLimits.from_settings(settings.server, max_connections))
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port)
     try:

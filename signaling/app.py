@@ -14,6 +14,8 @@ from realtime.clock import LoopClock
 from realtime.peer import install_patches
 from signaling import handlers
 from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
+from signaling.body_timeout import body_timeout_middleware
+from signaling.cors import CorsPolicy, cors_middleware
 from signaling.errors import MAX_BODY_BYTES, error_middleware
 from signaling.sessions import CallManager
 from signaling.settings import Settings
@@ -31,7 +33,13 @@ def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
         raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[error_middleware],
+        # Outermost first: CORS headers go on every answer, errors included; the body
+        # timeout runs inside the error mapper, which turns it into a 408.
+        middlewares=[
+            cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
+            error_middleware,
+            body_timeout_middleware(settings.server.body_timeout_s),
+        ],
     )
     app[MAX_BODY_BYTES] = settings.server.max_body_bytes
     app[SETTINGS] = settings

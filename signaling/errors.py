@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from realtime.errors import CallError
+from signaling.body_timeout import BodyTimeout
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,44 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     413: "body_too_large",
     415: "unsupported_media_type",
+    431: "headers_too_large",
 }
+
+
+def from_protocol_error(status: int, exc: BaseException | None) -> ApiError:
+    """A request the HTTP parser rejected (or a failure outside every middleware).
+
+    The message is ours: never the parser's, which quotes what the client sent."""
+    if isinstance(exc, http_exceptions.LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else "the allowed"
+        message = f"the request line or a header field is longer than {limit} bytes"
+        return ApiError(431, "headers_too_large", message)
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        if "too many headers" in exc.message.lower():
+            return ApiError(431, "headers_too_large", "the request has too many header fields")
+        return ApiError(400, "bad_request", _protocol_message(exc))
+    if status == 504:
+        return ApiError(504, "timeout", "the request took too long")
+    return ApiError(500, "internal_error", "internal error")
+
+
+def _protocol_message(exc: http_exceptions.HttpProcessingError) -> str:
+    if isinstance(exc, http_exceptions.BadHttpMethod):
+        if "HTTPS" in exc.message:
+            return "this port speaks plain HTTP, not HTTPS"
+        return "the request method is not valid"
+    if isinstance(exc, http_exceptions.BadStatusLine):
+        return "the request line is not valid HTTP/1.x"
+    if isinstance(exc, http_exceptions.InvalidURLError):
+        return "the request target is not a valid URL"
+    if isinstance(exc, http_exceptions.InvalidHeader):
+        return "a request header is not valid"
+    if isinstance(exc, http_exceptions.PayloadEncodingError):
+        return "the request body's framing or encoding is not valid"
+    return "the request is not valid HTTP/1.x"
 
 
 def from_call_error(exc: CallError) -> ApiError:
@@ -64,6 +100,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc)
     except CallError as exc:
         return error_response(from_call_error(exc))
+    except BodyTimeout as exc:
+        # The rest of the body may still be on its way: answer, then close the connection.
+        response = error_response(ApiError(408, "body_timeout", str(exc)))
+        response.force_close()
+        return response
+    except web.RequestPayloadError:
+        # The body's framing broke mid-way (chunk sizes, Content-Length, compression).
+        response = error_response(ApiError(400, "bad_request", "the request body is malformed"))
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -45,6 +46,19 @@ class ServerSettings:
     max_calls: int = 10
     web_dir: str = ""
     """Folder of the call page; empty = the web/ folder next to the packages."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins of other sites' pages that may call the API and import /static/ (CORS);
+    empty = the call page's own origin only; ``("*",)`` = any origin."""
+    header_timeout_s: float = 10.0
+    """A connection's request line and headers must arrive within this many seconds of
+    the connection opening or of its previous response (also the keep-alive idle time)."""
+    body_timeout_s: float = 60.0
+    """A request body must arrive within this many seconds of its headers."""
+    max_connections: int = 1024
+    """Open HTTP connections at most; at the limit the oldest connection that has not sent
+    complete request headers is closed to admit a new one."""
+    max_header_bytes: int = 8190
+    """Longest request line, and longest header field (name and value)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, "port must be 0..65535")
@@ -53,6 +67,35 @@ class ServerSettings:
             "max_body_bytes must be 1 KiB..16 MiB",
         )
         require(1 <= self.max_calls <= 1000, "max_calls must be 1..1000")
+        for origin in self.cors_origins:
+            require(
+                origin == "*" or _is_origin(origin),
+                "cors_origins holds origins like https://app.example.com or "
+                f"http://localhost:3000 (scheme, host, optional port; no path): not {origin!r}",
+            )
+        require(
+            "*" not in self.cors_origins or len(self.cors_origins) == 1,
+            'cors_origins: "*" allows every origin; list it alone',
+        )
+        require(0.1 <= self.header_timeout_s <= 600, "header_timeout_s must be 0.1..600")
+        require(0.1 <= self.body_timeout_s <= 3600, "body_timeout_s must be 0.1..3600")
+        require(8 <= self.max_connections <= 1_000_000, "max_connections must be 8..1000000")
+        require(1024 <= self.max_header_bytes <= 65536, "max_header_bytes must be 1024..65536")
+
+
+def _is_origin(text: str) -> bool:
+    """Whether ``text`` is a serialized origin: ``scheme://host[:port]``, nothing more."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        bool(parts.scheme and parts.hostname)
+        and text == f"{parts.scheme}://{parts.netloc}"
+        and "@" not in parts.netloc
+        and (port is None or parts.netloc.endswith(f":{port}"))
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,6 +246,15 @@ def test_unknown_key_from_the_command_line_is_an_error() -> None:
         ({"call.vad.start_ms": 5}, "call.vad.start_ms must be 20..300"),
         ({"call.playout_max_ms": 100}, "call.playout_max_ms must be 200..60000"),
         ({"webrtc.connect_timeout_s": 0}, "webrtc.connect_timeout_s must be > 0"),
+        ({"server.cors_origins": ["https://a.example/"]}, "server.cors_origins holds origins"),
+        ({"server.cors_origins": ["a.example"]}, "server.cors_origins holds origins"),
+        ({"server.cors_origins": ["null"]}, "server.cors_origins holds origins"),
+        ({"server.cors_origins": ["https://u@a.example"]}, "server.cors_origins holds origins"),
+        ({"server.cors_origins": ["*", "https://a.example"]}, "list it alone"),
+        ({"server.header_timeout_s": 0}, "server.header_timeout_s must be 0.1..600"),
+        ({"server.body_timeout_s": 0}, "server.body_timeout_s must be 0.1..3600"),
+        ({"server.max_connections": 2}, "server.max_connections must be 8..1000000"),
+        ({"server.max_header_bytes": 100}, "server.max_header_bytes must be 1024..65536"),
         ({"engine.echo.max_utterance_s": 100}, "engine.echo.max_utterance_s must be 0.5..60"),
         (
             {"webrtc.ice_servers": [{"urls": ["stun:ok"]}, {"urls": ["http://x"]}]},
@@ -415,3 +424,14 @@ def test_the_documentation_check_notices_a_missing_comment() -> None:
 def test_a_string_setting_from_the_environment_is_taken_as_is() -> None:
     settings = load_settings(None, environ={"OMNIRTC_SERVER__WEB_DIR": "2024"})
     assert settings.server.web_dir == "2024"
+
+
+def test_cors_origins_from_the_environment() -> None:
+    settings = load_settings(
+        None,
+        environ={
+            "OMNIRTC_SERVER__CORS_ORIGINS": '["https://app.example.com", "http://localhost:3000"]'
+        },
+    )
+    assert settings.server.cors_origins == ("https://app.example.com", "http://localhost:3000")
+    assert load_settings(None, environ={}).server.cors_origins == ()
