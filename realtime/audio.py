@@ -23,10 +23,27 @@ WIRE_RATE = 48_000
 
 
 @dataclass(frozen=True, slots=True)
+class ReceivedAudio:
+    """A decoded inbound audio frame and what its RTP packet said about the stream."""
+
+    frame: av.AudioFrame
+    lost_packets: int | None = None
+    """Packets missing (by sequence number) just before this one; None when unknown."""
+    dtx: bool = False
+    """The packet is a DTX frame (1-2 bytes): the sender has gone quiet, and sends nothing
+    more until it talks again or refreshes its comfort noise."""
+
+
+@dataclass(frozen=True, slots=True)
 class Converted:
     gap: int
-    """16 kHz samples of silence that come first: media that never arrived."""
+    """16 kHz samples of silence that come first: media the sender did not send (DTX) or
+    that never arrived."""
     samples: NDArray[np.float32]
+    missing: int = 0
+    """How much of ``gap`` is lost media (the rest the sender left out on purpose, DTX)."""
+    quiet: bool = False
+    """The sender is in DTX after these samples: silence until its next packet."""
 
 
 _INT_SCALE = {"s16": 1 / 32768, "s16p": 1 / 32768, "s32": 1 / 2**31, "s32p": 1 / 2**31}
@@ -56,14 +73,24 @@ class InboundAudio:
         self._started = False
         self.gap_samples = 0
         """16 kHz samples of silence standing in for packets that never came."""
+        self.dtx_samples = 0
+        """16 kHz samples of silence the sender left out (DTX): not lost."""
         self.dropped_frames = 0
         """Frames dropped because their media time had already been covered."""
 
-    def convert(self, frame: av.AudioFrame, elapsed_s: float) -> Converted:
-        """What to append for ``frame``: silence first if packets were lost, then its samples.
+    def convert(
+        self,
+        frame: av.AudioFrame,
+        elapsed_s: float,
+        lost_packets: int | None = None,
+        dtx: bool = False,
+    ) -> Converted:
+        """What to append for ``frame``: silence first if its timestamp jumps, then its samples.
 
         ``elapsed_s`` is the wall time since the previous frame: a timestamp jump far beyond
-        it is a discontinuity of the sender's clock, not lost media.
+        it is a discontinuity of the sender's clock, not lost media.  A jump with no packet
+        lost before the frame (``lost_packets == 0``) is DTX: the sender was quiet.  Without
+        that knowledge (None) every jump counts as lost media.
         """
         rate = frame.sample_rate
         duration = frame.samples / rate
@@ -78,7 +105,11 @@ class InboundAudio:
             if gap_s > 2 * elapsed_s + 0.2:
                 gap_s = max(0.0, elapsed_s - duration)
             gap = max(0, round(gap_s * INPUT_RATE))
-            self.gap_samples += gap
+        missing = gap
+        if gap and lost_packets is not None:
+            missing = min(gap, round(lost_packets * duration * INPUT_RATE))
+        self.gap_samples += missing
+        self.dtx_samples += gap - missing
         if start_s is not None:
             self._next_pts_s = start_s + duration
         mono = av.AudioFrame.from_ndarray(
@@ -99,7 +130,7 @@ class InboundAudio:
             if converted.size < expected:
                 pad = np.zeros(expected - converted.size, dtype=np.float32)
                 converted = np.concatenate([pad, converted])
-        return Converted(gap, converted)
+        return Converted(gap, converted, missing, dtx)
 
     def _resample(self, frame: av.AudioFrame) -> NDArray[np.float32]:
         out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]

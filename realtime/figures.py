@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from omni.api import INPUT_RATE
 from realtime.audio import WIRE_RATE
 from realtime.stats import percentiles
 
@@ -28,6 +29,9 @@ def snapshot(call: Call) -> dict[str, Any]:
             "dropped_units": call.loop.dropped_units,
             "engine_errors": call.loop.errors,
             "late_audio_samples": call.slicer.late_samples,
+            "audio_lost_ms": call.inbound.gap_samples * 1000 // INPUT_RATE,
+            "audio_dtx_ms": call.inbound.dtx_samples * 1000 // INPUT_RATE,
+            "audio_missing_ms": call.slicer.missing_samples * 1000 // INPUT_RATE,
             "speech_segments": call.speech_segments,
             "interrupts": call.interrupts,
             "frames_out": call.pacer.frames,

@@ -10,20 +10,18 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import av
-import numpy as np
-from numpy.typing import NDArray
 
 from omni.api import UNIT_MS, Frame
-from realtime.audio import InboundAudio, video_to_rgb
+from realtime.audio import Converted, InboundAudio, ReceivedAudio, video_to_rgb
 from realtime.clock import Clock
 from realtime.slicer import UnitSlicer
 
-AudioSink = Callable[[NDArray[np.float32], float, int], None]
-"""Receives (samples, arrival time, samples of silence that come before them)."""
+AudioSink = Callable[[Converted, float], None]
+"""Receives converted audio (with the silence that comes before it) and its arrival time."""
 
 
 async def pump_audio(
-    frames: AsyncIterator[av.AudioFrame],
+    frames: AsyncIterator[ReceivedAudio],
     clock: Clock,
     sink: AudioSink,
     converter: InboundAudio | None = None,
@@ -31,12 +29,17 @@ async def pump_audio(
     """Convert every inbound audio frame to 16 kHz mono and hand it to ``sink``."""
     converter = converter or InboundAudio()
     previous: float | None = None
-    async for frame in frames:
+    async for received in frames:
         now = clock.now()
-        converted = converter.convert(frame, now - previous if previous is not None else 0.0)
+        converted = converter.convert(
+            received.frame,
+            now - previous if previous is not None else 0.0,
+            lost_packets=received.lost_packets,
+            dtx=received.dtx,
+        )
         previous = now
-        if converted.samples.size or converted.gap:
-            sink(converted.samples, now, converted.gap)
+        if converted.samples.size or converted.gap or converted.quiet:
+            sink(converted, now)
 
 
 @dataclass(frozen=True, slots=True)

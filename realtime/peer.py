@@ -21,6 +21,7 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -38,6 +39,7 @@ from aiortc import rtp as aiortc_rtp
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
+from realtime.audio import ReceivedAudio
 from realtime.config import PeerConfig
 from realtime.errors import InvalidOffer, UnsupportedMedia
 from realtime.offer import bundle_as_offered, read_offer, with_rejected
@@ -75,25 +77,64 @@ def install_patches() -> None:
     aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
 
 
+DTX_MAX_BYTES = 2
+"""An Opus packet this small is a DTX frame: a bare TOC byte, no audio (RFC 6716 3.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PacketNote:
+    """What an audio packet told us, kept until its decoded frame is read."""
+
+    lost_before: int
+    """Packets missing by sequence number between the previous one and this one."""
+    dtx: bool
+
+
 class ImmediateAudioJitterBuffer:
-    """Hands every audio packet on at once, in order; late or repeated packets are dropped."""
+    """Hands every audio packet on at once, in order; late or repeated packets are dropped.
+
+    It notes, for each frame it hands on, how many packets were lost before it and whether
+    it is a DTX frame, so the inbound path tells lost media from a quiet sender.  aiortc
+    rewrites a handed-on frame's timestamp (to start at 0) before decoding it with that as
+    the decoded frame's pts: the note is found again through the frame object itself.
+    """
 
     capacity = 16
     _RESET_DISTANCE = 100
+    _NOTES = 64
 
     def __init__(self) -> None:
         self._last: int | None = None
         self.dropped = 0
+        self.lost = 0
+        self._notes: deque[tuple[JitterFrame, PacketNote]] = deque(maxlen=self._NOTES)
 
     def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
         sequence: int = packet.sequence_number
+        lost = 0
         if self._last is not None:
             behind = (self._last - sequence) & 0xFFFF
             if behind < self._RESET_DISTANCE:
                 self.dropped += 1
                 return False, None
+            ahead = (sequence - self._last - 1) & 0xFFFF
+            lost = ahead if ahead < self._RESET_DISTANCE * 10 else 0
         self._last = sequence
-        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)
+        self.lost += lost
+        data: bytes = packet._data
+        frame = JitterFrame(data=data, timestamp=packet.timestamp)
+        self._notes.append((frame, PacketNote(lost, len(data) <= DTX_MAX_BYTES)))
+        return False, frame
+
+    def note(self, pts: int | None) -> PacketNote | None:
+        """The note of the frame that decoded to this pts (once), None if unknown."""
+        if pts is None:
+            return None
+        for i, (frame, note) in enumerate(self._notes):
+            if frame.timestamp == pts:
+                del self._notes[i]
+                return note
+        return None
 
 
 _JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
@@ -241,9 +282,15 @@ class Peer:
             _host_addresses.reset(token)
         return with_rejected(str(self._pc.localDescription.sdp), offer)
 
-    async def audio_frames(self) -> AsyncIterator[av.AudioFrame]:
+    async def audio_frames(self) -> AsyncIterator[ReceivedAudio]:
+        """Decoded inbound audio, with what each frame's packet said (loss, DTX)."""
+        buffer = self.jitter_buffers[0] if self.jitter_buffers else None
         async for frame in self._frames(self.audio_in):
-            yield frame
+            note = buffer.note(frame.pts) if buffer is not None else None
+            if note is None:
+                yield ReceivedAudio(frame)
+            else:
+                yield ReceivedAudio(frame, note.lost_before, note.dtx)
 
     async def video_frames(self) -> AsyncIterator[av.VideoFrame]:
         async for frame in self._frames(self.video_in):

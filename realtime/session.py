@@ -15,10 +15,9 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, StepResult, Unit
-from realtime.audio import WIRE_RATE, OutboundAudio, pcm_frame
+from realtime.audio import WIRE_RATE, Converted, InboundAudio, OutboundAudio, pcm_frame
 from realtime.binding import EngineBinding, EngineSource
 from realtime.clock import Clock
 from realtime.config import CallConfig, PeerConfig
@@ -101,6 +100,7 @@ class Call:
         self.video = VideoSampler(self.slicer, config.video_frames_per_unit)
         self.vad = SpeechDetector(config.vad)
         self._speech_out = OutboundAudio()
+        self.inbound = InboundAudio()
         self._engine: EngineBinding | None = None
         self._source: EngineSource | None = None
         self.queued = False
@@ -265,16 +265,17 @@ class Call:
 
     async def _read_audio(self) -> None:
         if self.mode is CallMode.LOOPBACK:
-            async for frame in self.peer.audio_frames():
-                self.relay.put(frame)
+            async for received in self.peer.audio_frames():
+                self.relay.put(received.frame)
             return
-        await pump_audio(self.peer.audio_frames(), self._clock, self._on_audio)
+        await pump_audio(self.peer.audio_frames(), self._clock, self._on_audio, self.inbound)
 
-    def _on_audio(self, samples: NDArray[np.float32], now: float, gap: int) -> None:
+    def _on_audio(self, converted: Converted, now: float) -> None:
+        samples, gap = converted.samples, converted.gap
         self.audio_in_ms += samples.size * 1000 / INPUT_RATE
         if self._engine is not None:
             # Units start with the engine session (not while the call waits in the queue).
-            self.slicer.append(samples, now, gap)
+            self.slicer.append(samples, now, gap, converted.missing, converted.quiet)
         events = self.vad.feed(np.zeros(min(gap, INPUT_RATE), dtype=np.float32)) if gap else []
         events += self.vad.feed(samples)
         for event in events:

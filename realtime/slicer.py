@@ -6,8 +6,15 @@ its end or when its deadline has passed; in the second case its missing tail is 
 the same amount of later audio is dropped as late, so later units never shift.
 
 The slicer also estimates when each unit is due on the monotonic clock: the arrival time of
-media position 0, tracked as the smallest (arrival - media time) offset of the last seconds,
-which follows a sender clock that drifts against ours.
+media position 0 (the anchor).  Each second of media gives one offset, the smallest
+(arrival - media time) of its packets; a sender clock that drifts against ours makes these
+offsets a line, not a constant (a 2 % slow sender adds 20 ms a second).  The anchor is the
+lower envelope of the last seconds' offsets moved along that line to the present, so units
+fall due when the sender's media clock says they end, however the clocks drift.
+
+A sender in DTX (Opus discontinuous transmission) sends nothing while it is quiet: a unit
+whose tail falls in such a pause is taken at its due time, without waiting, and its tail is
+silence, not missing audio.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from numpy.typing import NDArray
 from omni.api import INPUT_RATE, UNIT_MS, UNIT_SAMPLES, Frame, Unit
 
 _OFFSET_WINDOW_UNITS = 10
+_MIN_UNITS_FOR_DRIFT = 4
+MAX_DRIFT = 0.05
+"""Largest clock drift followed, in seconds per second (5 %); more is not a clock."""
 
 
 class UnitSlicer:
@@ -35,8 +45,12 @@ class UnitSlicer:
         self._completed: deque[float] = deque()
         """Arrival times of the units (from the oldest open one) whose last sample is in."""
         self._anchor: float | None = None
-        self._offsets: deque[float] = deque(maxlen=_OFFSET_WINDOW_UNITS)
-        self._offset_unit = -1
+        self._offsets: deque[tuple[int, float]] = deque(maxlen=_OFFSET_WINDOW_UNITS)
+        """(second of media, smallest arrival - media time offset of its samples)."""
+        self.drift = 0.0
+        """Estimated drift of the sender's clock against ours (s/s; > 0: it runs slow)."""
+        self.quiet = False
+        """The sender is in DTX: nothing arrives until it talks again."""
         self._target = UNIT_SAMPLES
         self.anchored = asyncio.Event()
         """Set once the media clock is anchored (first audio, or start())."""
@@ -44,6 +58,8 @@ class UnitSlicer:
         """Set when the stream has passed the end of the next unit to take."""
         self.late_samples = 0
         """Samples dropped because their unit had already been taken."""
+        self.missing_samples = 0
+        """Samples of taken units that were lost (silence in their place)."""
 
     @property
     def started(self) -> bool:
@@ -78,18 +94,30 @@ class UnitSlicer:
         index = int(seconds // 1)
         return index, seconds - index
 
-    def append(self, samples: NDArray[np.float32], now: float, gap: int = 0) -> None:
+    def append(
+        self,
+        samples: NDArray[np.float32],
+        now: float,
+        gap: int = 0,
+        missing: int | None = None,
+        quiet: bool = False,
+    ) -> None:
         """Append the next samples of the stream, which arrived at ``now``, after ``gap``
-        samples of media that never arrived (silence)."""
+        samples of silence, ``missing`` of which (all by default) were lost rather than left
+        out by the sender; ``quiet``: the sender is in DTX after these samples."""
+        self.quiet = quiet
+        lost = gap if missing is None else min(gap, missing)
         if self._anchor is None:
             self._anchor = now - samples.size / INPUT_RATE
             self.anchored.set()
         elif not self._offsets and samples.size:
             # Anchored by start() before any audio: place this audio at its wall time.
             at_wall = round((now - self._anchor) * INPUT_RATE) - samples.size
-            gap = max(gap, at_wall - self._write)
+            if at_wall - self._write > gap:
+                lost += at_wall - self._write - gap
+                gap = at_wall - self._write
         if gap > 0:
-            self._skip(gap)
+            self._skip(gap, lost)
         start_unit = self._open_index * UNIT_SAMPLES
         if self._write < start_unit:
             late = min(samples.size, start_unit - self._write)
@@ -104,9 +132,10 @@ class UnitSlicer:
         if self._write >= self._target:
             self.reached.set()
 
-    def _skip(self, count: int) -> None:
-        """Advance over ``count`` samples that never arrived (they stay silent)."""
-        self._holes.append((self._write, self._write + count))
+    def _skip(self, count: int, lost: int) -> None:
+        """Advance over ``count`` samples of silence, the first ``lost`` of them lost."""
+        if lost > 0:
+            self._holes.append((self._write, self._write + lost))
         self._write += count
         open_start = self._open_index * UNIT_SAMPLES
         end = max(0, self._write - open_start)
@@ -127,13 +156,16 @@ class UnitSlicer:
 
     def _track_offset(self, now: float) -> None:
         offset = now - self._write / INPUT_RATE
-        unit = self._write // UNIT_SAMPLES
-        if unit != self._offset_unit:
-            self._offset_unit = unit
-            self._offsets.append(offset)
-        elif offset < self._offsets[-1]:
-            self._offsets[-1] = offset
-        self._anchor = min(self._offsets)
+        unit = (self._write - 1) // UNIT_SAMPLES
+        if not self._offsets or unit != self._offsets[-1][0]:
+            self._offsets.append((unit, offset))
+            self.drift = _drift(self._offsets)
+        elif offset < self._offsets[-1][1]:
+            self._offsets[-1] = (unit, offset)
+        latest = self._offsets[-1][0]
+        # Each second's offset, carried to the latest second along the drift; the smallest
+        # is the least delayed path through the network.
+        self._anchor = min(o + self.drift * (latest - u) for u, o in self._offsets)
 
     def take(self, frames: tuple[Frame, ...] = ()) -> Unit:
         """Finalize the oldest open unit (silence where audio is missing)."""
@@ -144,6 +176,9 @@ class UnitSlicer:
         audio = self._buf[:UNIT_SAMPLES].copy()
         audio[have:] = 0.0
         skipped = sum(max(0, min(b, start + have) - max(a, start)) for a, b in self._holes)
+        # The tail that has not arrived: lost, unless the sender is quiet (DTX).
+        tail = 0 if self.quiet else UNIT_SAMPLES - have
+        self.missing_samples += tail + skipped
         while self._holes and self._holes[0][1] <= end:
             self._holes.popleft()
         unit = Unit(
@@ -152,7 +187,7 @@ class UnitSlicer:
             audio=audio,
             frames=frames,
             captured_at=self._completed.popleft() if self._completed else 0.0,
-            missing_ms=(UNIT_SAMPLES - have + skipped) * 1000 // INPUT_RATE,
+            missing_ms=(tail + skipped) * 1000 // INPUT_RATE,
         )
         remaining = max(0, self._write - start - UNIT_SAMPLES)
         self._buf[:remaining] = self._buf[UNIT_SAMPLES : UNIT_SAMPLES + remaining]
@@ -164,3 +199,20 @@ class UnitSlicer:
         else:
             self.reached.clear()
         return unit
+
+
+def _drift(offsets: deque[tuple[int, float]]) -> float:
+    """The slope of the offsets' lower envelope, within +-MAX_DRIFT: from the smallest offset
+    of the older half of the seconds to the smallest of the newer half.  Network delay only
+    ever adds to an offset, so a stretch of late packets inside either half does not tilt it
+    (a least-squares or median slope does)."""
+    if len(offsets) < _MIN_UNITS_FOR_DRIFT:
+        return 0.0
+    seconds = list(offsets)
+    half = len(seconds) // 2
+    older = min(seconds[:half], key=lambda entry: entry[1])
+    newer = min(seconds[half:], key=lambda entry: entry[1])
+    span = newer[0] - older[0]
+    if span <= 0:
+        return 0.0
+    return max(-MAX_DRIFT, min(MAX_DRIFT, (newer[1] - older[1]) / span))

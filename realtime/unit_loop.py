@@ -3,7 +3,8 @@
 Two tasks share a bounded hand-over:
 
 * the ticker takes unit n as soon as the media stream has passed its end, or at its due time
-  (``anchor + (n + 1) s``, plus a grace for late packets) when audio is missing.  The schedule
+  (``anchor + (n + 1) s``, plus a grace for late packets; no grace while the sender is quiet
+  in DTX) when audio is missing.  The schedule
   is absolute: nothing accumulates from one unit to the next, so it cannot drift.
 * the stepper hands each unit to the engine (on the engine's own thread, through ``step``) and
   passes the result on.
@@ -104,7 +105,10 @@ class UnitLoop:
         while True:
             index = slicer.next_index
             due = slicer.due_time(index)
-            await clock.wait_until(slicer.reached, due + self._grace)
+            await clock.wait_until(slicer.reached, due)
+            if not slicer.reached.is_set() and not slicer.quiet:
+                # Packets may still be on their way; a sender in DTX sends none.
+                await clock.wait_until(slicer.reached, due + self._grace)
             window_end = slicer.due_time(index)
             raw = self._frames.pick(index)
             unit = slicer.take()

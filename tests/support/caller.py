@@ -34,8 +34,10 @@ class PlayerTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(self, clock_scale: float = 1.0) -> None:
         super().__init__()
+        self.clock_scale = clock_scale
+        """Wall seconds per second of media: 1.02 is a sender whose clock runs 2 % slow."""
         self._queue: deque[NDArray[np.float32]] = deque()
         self._pts = 0
         self._start: float | None = None
@@ -59,7 +61,7 @@ class PlayerTrack(MediaStreamTrack):
         loop = asyncio.get_running_loop()
         if self._start is None:
             self._start = loop.time()
-        due = self._start + self._pts / RATE
+        due = self._start + self._pts / RATE * self.clock_scale
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)

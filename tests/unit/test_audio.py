@@ -380,3 +380,31 @@ def test_a_change_of_codec_rate_mid_call_keeps_converting() -> None:
     assert first.samples.size == 320
     total = sum(conv.convert(frame(8_000, 160 * k, 160), 0.02).samples.size for k in range(1, 51))
     assert abs(total - 50 * 320) <= 32
+
+
+def test_a_jump_without_lost_packets_is_dtx_silence_not_loss() -> None:
+    """Opus DTX: the sender left 400 ms out on purpose (sequence numbers are contiguous)."""
+    conv = InboundAudio()
+    signal = tone(1.0, 440)
+    convert_stream(conv, signal[: 5 * FRAME])
+    out = conv.convert(stereo_frame(signal[:FRAME], 25 * FRAME), 0.42, lost_packets=0)
+    assert out.gap == 20 * OUT_FRAME
+    assert out.missing == 0
+    assert (conv.gap_samples, conv.dtx_samples) == (0, 20 * OUT_FRAME)
+
+
+def test_only_the_lost_packets_of_a_jump_are_missing() -> None:
+    conv = InboundAudio()
+    signal = tone(1.0, 440)
+    convert_stream(conv, signal[: 5 * FRAME])
+    out = conv.convert(stereo_frame(signal[:FRAME], 25 * FRAME), 0.42, lost_packets=3)
+    assert out.gap == 20 * OUT_FRAME
+    assert out.missing == 3 * OUT_FRAME
+    assert (conv.gap_samples, conv.dtx_samples) == (3 * OUT_FRAME, 17 * OUT_FRAME)
+
+
+def test_a_dtx_frame_says_the_sender_is_quiet() -> None:
+    conv = InboundAudio()
+    frame = stereo_frame(np.zeros(FRAME, dtype=np.float32), 0)
+    assert conv.convert(frame, 0.02, lost_packets=0, dtx=True).quiet
+    assert not conv.convert(stereo_frame(tone(0.02, 440), FRAME), 0.02, lost_packets=0).quiet

@@ -356,3 +356,42 @@ def test_empty_appends_change_nothing() -> None:
     assert slicer.position == 320
     assert slicer.due_time(0) == pytest.approx(T0 - 0.02 + 1.0)
     assert not slicer.reached.is_set()
+
+
+@pytest.mark.parametrize("rate", [1 / 1.02, 1.02], ids=["sender-2%-slow", "sender-2%-fast"])
+def test_a_drifting_sender_loses_nothing(rate: float) -> None:
+    """Units are taken when the sender's media says they end: 2 % drift is 20 ms a second."""
+    slicer = UnitSlicer()
+    rng = np.random.default_rng(5)
+    taken = []
+    for k in range(30 * 50):
+        arrival = T0 + (k + 1) * 0.02 / rate + rng.uniform(0.0, 0.01)
+        slicer.append(ramp(k * 320, 320), arrival)
+        while slicer.started and slicer.reached.is_set():
+            # Within the unit loop's grace at first, within jitter once the drift is known.
+            slack = 0.15 if slicer.next_index < 5 else 0.03
+            assert arrival <= slicer.due_time(slicer.next_index) + slack
+            taken.append(slicer.take())
+    assert len(taken) == 30
+    assert sum(u.missing_ms for u in taken) == 0
+    assert slicer.late_samples == 0
+    assert slicer.drift == pytest.approx(1 / rate - 1, abs=0.002)
+
+
+def test_a_quiet_sender_leaves_silence_not_missing_audio() -> None:
+    slicer = UnitSlicer()
+    for k in range(40):  # 0.8 s of audio, then the sender goes quiet (DTX)
+        slicer.append(ramp(k * 320, 320), T0 + (k + 1) * 0.02, quiet=k == 39)
+    unit = slicer.take()
+    assert unit.missing_ms == 0
+    # 1.6 s later it talks again; the silence in between is not lost either.
+    slicer.append(ramp(0, 320), T0 + 2.42, gap=int(1.6 * INPUT_RATE), missing=0)
+    assert slicer.take().missing_ms == 0
+    assert slicer.missing_samples == 0
+
+
+def test_a_unit_cut_short_by_loss_counts_its_tail_missing() -> None:
+    slicer = UnitSlicer()
+    for k in range(40):
+        slicer.append(ramp(k * 320, 320), T0 + (k + 1) * 0.02)
+    assert slicer.take().missing_ms == 200

@@ -347,3 +347,21 @@ async def test_frames_picked_for_the_unit_go_to_the_step() -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_unit_that_ends_in_dtx_is_taken_at_its_due_time_without_grace() -> None:
+    h = Harness()
+    try:
+        await h.feed(1.0)
+        # Unit 1: 600 ms of audio, the last packet a DTX frame; then the sender sends nothing.
+        for _ in range(30):
+            samples = np.arange(h.fed, h.fed + CHUNK, dtype=np.float32)
+            h.fed += CHUNK
+            await h.clock.advance_to(T0 + h.fed / 16_000)
+            h.slicer.append(samples, h.clock.now(), quiet=h.fed == 16_000 + 30 * CHUNK)
+        await h.clock.advance_to(T0 + 3.5)
+        assert h.indices[:3] == [0, 1, 2]
+        np.testing.assert_allclose(h.start_times()[1:3], [T0 + 2.0, T0 + 3.0], atol=1e-9)
+        assert [u.missing_ms for _, _, u, _ in h.started[:3]] == [0, 0, 0]
+    finally:
+        await h.stop()
