@@ -1,33 +1,19 @@
-"""The one module that touches aiortc: the call's peer connection and its tracks.
+"""The call's peer connection (aiortc) and its tracks.
 
-It also holds the three named patches we apply to aiortc/aioice (each tested in
-tests/unit/test_peer_patches.py):
-
-* ``host candidates``: aioice never offers 127.0.0.1 and offers every interface it finds; the
-  addresses come from settings instead (per call, through a context variable), and a machine
-  with only loopback offers 127.0.0.1.
-* ``immediate audio jitter buffer``: aiortc holds 4 audio packets (about 80 ms) before decoding
-  the first; ours hands each Opus packet to the decoder as it comes and drops packets older
-  than one already handed on (the slicer turns such gaps into silence).
-* ``vectorised audio level``: aiortc computes the level of every outgoing audio frame in a
-  pure-Python loop (about half of a call's CPU); ours computes the same value with numpy.
+With realtime.offer (what we take from an offer) and realtime.patches (our named changes to
+aiortc and aioice), the only modules that touch aiortc.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import aioice.ice
 import av
-import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -35,118 +21,20 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc import rtp as aiortc_rtp
-from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from realtime.audio import ReceivedAudio
 from realtime.config import PeerConfig
 from realtime.errors import InvalidOffer, UnsupportedMedia
 from realtime.offer import bundle_as_offered, read_offer, with_rejected
+from realtime.patches import (
+    ImmediateAudioJitterBuffer,
+    install_patches,
+    offering_host_addresses,
+    use_immediate_jitter_buffer,
+)
 
 log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------- patches
-
-_host_addresses: ContextVar[tuple[str, ...]] = ContextVar("omnirtc_host_addresses", default=())
-_original_get_host_addresses = aioice.ice.get_host_addresses
-_original_audio_level = aiortc_rtp.compute_audio_level_dbov
-
-
-def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    chosen = _host_addresses.get()
-    if chosen:
-        return list(chosen)
-    found: list[str] = _original_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
-    return found or ["127.0.0.1"]
-
-
-def audio_level_dbov(frame: av.AudioFrame) -> int:
-    """RFC 6465 audio level, the same value aiortc computes, without a Python loop."""
-    samples = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16).astype(np.float64)
-    energy = float(np.sum(samples * samples))
-    rms = math.sqrt(energy / (frame.samples * 32767 * 32767)) if frame.samples else 0.0
-    if rms <= 0:
-        return -127
-    return round(min(0.0, max(-127.0, 20 * math.log10(rms))))
-
-
-def install_patches() -> None:
-    """Apply the host-candidate and audio-level patches (idempotent)."""
-    aioice.ice.get_host_addresses = _get_host_addresses
-    aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
-
-
-DTX_MAX_BYTES = 2
-"""An Opus packet this small is a DTX frame: a bare TOC byte, no audio (RFC 6716 3.1)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PacketNote:
-    """What an audio packet told us, kept until its decoded frame is read."""
-
-    lost_before: int
-    """Packets missing by sequence number between the previous one and this one."""
-    dtx: bool
-
-
-class ImmediateAudioJitterBuffer:
-    """Hands every audio packet on at once, in order; late or repeated packets are dropped.
-
-    It notes, for each frame it hands on, how many packets were lost before it and whether
-    it is a DTX frame, so the inbound path tells lost media from a quiet sender.  aiortc
-    rewrites a handed-on frame's timestamp (to start at 0) before decoding it with that as
-    the decoded frame's pts: the note is found again through the frame object itself.
-    """
-
-    capacity = 16
-    _RESET_DISTANCE = 100
-    _NOTES = 64
-
-    def __init__(self) -> None:
-        self._last: int | None = None
-        self.dropped = 0
-        self.lost = 0
-        self._notes: deque[tuple[JitterFrame, PacketNote]] = deque(maxlen=self._NOTES)
-
-    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
-        sequence: int = packet.sequence_number
-        lost = 0
-        if self._last is not None:
-            behind = (self._last - sequence) & 0xFFFF
-            if behind < self._RESET_DISTANCE:
-                self.dropped += 1
-                return False, None
-            ahead = (sequence - self._last - 1) & 0xFFFF
-            lost = ahead if ahead < self._RESET_DISTANCE * 10 else 0
-        self._last = sequence
-        self.lost += lost
-        data: bytes = packet._data
-        frame = JitterFrame(data=data, timestamp=packet.timestamp)
-        self._notes.append((frame, PacketNote(lost, len(data) <= DTX_MAX_BYTES)))
-        return False, frame
-
-    def note(self, pts: int | None) -> PacketNote | None:
-        """The note of the frame that decoded to this pts (once), None if unknown."""
-        if pts is None:
-            return None
-        for i, (frame, note) in enumerate(self._notes):
-            if frame.timestamp == pts:
-                del self._notes[i]
-                return note
-        return None
-
-
-_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
-
-
-def use_immediate_jitter_buffer(receiver: Any) -> ImmediateAudioJitterBuffer:
-    if not hasattr(receiver, _JITTER_ATTR):
-        raise RuntimeError("aiortc's receiver has no jitter buffer where expected: check the pin")
-    buffer = ImmediateAudioJitterBuffer()
-    setattr(receiver, _JITTER_ATTR, buffer)
-    return buffer
-
 
 # ---------------------------------------------------------------- tracks
 
@@ -227,6 +115,7 @@ class Peer:
     """One call's RTCPeerConnection, with its inbound tracks and its 'events' channel."""
 
     def __init__(self, config: PeerConfig, clock: Callable[[], float]) -> None:
+        install_patches()
         servers = [
             RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
             for s in config.ice_servers
@@ -271,15 +160,13 @@ class Peer:
         self.jitter_buffers.append(use_immediate_jitter_buffer(audio[0].receiver))
         self._watch_media_transport(audio[0].receiver.transport)
         self._pc.addTrack(SourceTrack(outbound))
-        token = _host_addresses.set(self._config.host_addresses)
         try:
-            answer = await self._pc.createAnswer()
-            shaped = bundle_as_offered(answer.sdp, offer)
-            await self._pc.setLocalDescription(RTCSessionDescription(shaped, "answer"))
+            with offering_host_addresses(self._config.host_addresses):
+                answer = await self._pc.createAnswer()
+                shaped = bundle_as_offered(answer.sdp, offer)
+                await self._pc.setLocalDescription(RTCSessionDescription(shaped, "answer"))
         except Exception as exc:
             raise InvalidOffer(f"could not answer the offer: {exc}") from None
-        finally:
-            _host_addresses.reset(token)
         return with_rejected(str(self._pc.localDescription.sdp), offer)
 
     async def audio_frames(self) -> AsyncIterator[ReceivedAudio]:

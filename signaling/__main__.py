@@ -22,6 +22,7 @@ from aiohttp import web
 from omni.api import Engine, EngineUnavailable
 from omni.engines import ENGINE_NAMES, EngineConfigs, build_engine
 from omni.pool import ReplicaPool
+from realtime.patches import PatchedVersionError
 from signaling.app import create_app
 from signaling.http_server import GuardedAppRunner, HttpLimits, fit_to_open_files
 from signaling.settings import Settings, SettingsError, load_settings
@@ -180,7 +181,7 @@ async def _run(settings: Settings, open_files: int | None) -> int:
     pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
     try:
         app = create_app(settings, pool)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PatchedVersionError) as exc:
         log.error("%s", exc)
         return 2
     max_connections = fit_to_open_files(

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from omni.pool import ReplicaPool
 from realtime.clock import LoopClock
-from realtime.peer import install_patches
+from realtime.patches import install_patches
 from signaling import handlers
 from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
 from signaling.body_timeout import body_timeout_middleware

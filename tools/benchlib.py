@@ -25,7 +25,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from numpy.typing import NDArray
 
-from realtime.peer import install_patches, use_immediate_jitter_buffer
+from realtime.patches import install_patches, use_immediate_jitter_buffer
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 48_000

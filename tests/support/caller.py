@@ -22,7 +22,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from numpy.typing import NDArray
 
-from realtime.peer import install_patches
+from realtime.patches import install_patches
 from tools.benchlib import read_audio
 
 RATE = 48_000

@@ -1,0 +1,173 @@
+"""Our named changes to aiortc and aioice, for the versions pyproject.toml pins.
+
+Each is tested in tests/unit/test_peer_patches.py, against aiortc's own behaviour:
+
+* ``host candidates``: aioice never offers 127.0.0.1 and offers every interface it finds; the
+  addresses come from settings instead (per call, through a context variable), and a machine
+  with only loopback offers 127.0.0.1.
+* ``immediate audio jitter buffer``: aiortc holds 4 audio packets (about 80 ms) before decoding
+  the first; ours hands each Opus packet to the decoder as it comes and drops packets older
+  than one already handed on (the slicer turns such gaps into silence).  It also notes lost
+  packets and DTX frames for the inbound path.
+* ``vectorised audio level``: aiortc computes the level of every outgoing audio frame in a
+  pure-Python loop (about half of a call's CPU); ours computes the same value with numpy.
+
+They reach into aiortc's internals, so ``install_patches`` refuses to run on other versions
+than those they were written for (``PatchedVersionError``), at start, with what to do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import aioice.ice
+import av
+import numpy as np
+from aiortc import rtp as aiortc_rtp
+from aiortc.jitterbuffer import JitterFrame
+
+WRITTEN_FOR = {"aiortc": "1.16.", "aioice": "0.13."}
+"""The release series each patch was written and tested against."""
+
+
+class PatchedVersionError(RuntimeError):
+    """aiortc or aioice is not a version our patches were written for."""
+
+
+def check_versions() -> None:
+    wrong = []
+    for package, series in WRITTEN_FOR.items():
+        try:
+            installed = version(package)
+        except PackageNotFoundError:
+            installed = "none"
+        if not installed.startswith(series):
+            wrong.append(f"{package} {installed} (need {series}x)")
+    if wrong:
+        raise PatchedVersionError(
+            "omnirtc patches aiortc internals and was written for other versions than those "
+            f"installed: {', '.join(wrong)}; install the locked versions "
+            "(pip install -c constraints.txt -e ., or make install)"
+        )
+
+
+_host_addresses: ContextVar[tuple[str, ...]] = ContextVar("omnirtc_host_addresses", default=())
+_original_get_host_addresses = aioice.ice.get_host_addresses
+AIORTC_AUDIO_LEVEL = aiortc_rtp.compute_audio_level_dbov
+"""aiortc's own audio level, which ours replaces (the tests compare the two)."""
+
+
+@contextmanager
+def offering_host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
+    """Within this block, ICE gathering offers ``addresses`` (all interfaces when empty)."""
+    token = _host_addresses.set(addresses)
+    try:
+        yield
+    finally:
+        _host_addresses.reset(token)
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    chosen = _host_addresses.get()
+    if chosen:
+        return list(chosen)
+    found: list[str] = _original_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+    return found or ["127.0.0.1"]
+
+
+def audio_level_dbov(frame: av.AudioFrame) -> int:
+    """RFC 6465 audio level, the same value aiortc computes, without a Python loop."""
+    samples = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16).astype(np.float64)
+    energy = float(np.sum(samples * samples))
+    rms = math.sqrt(energy / (frame.samples * 32767 * 32767)) if frame.samples else 0.0
+    if rms <= 0:
+        return -127
+    return round(min(0.0, max(-127.0, 20 * math.log10(rms))))
+
+
+def install_patches() -> None:
+    """Apply the host-candidate and audio-level patches (idempotent); raises
+    PatchedVersionError on versions they were not written for."""
+    if aioice.ice.get_host_addresses is _get_host_addresses:
+        return
+    check_versions()
+    aioice.ice.get_host_addresses = _get_host_addresses
+    aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
+
+
+DTX_MAX_BYTES = 2
+"""An Opus packet this small is a DTX frame: a bare TOC byte, no audio (RFC 6716 3.1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PacketNote:
+    """What an audio packet told us, kept until its decoded frame is read."""
+
+    lost_before: int
+    """Packets missing by sequence number between the previous one and this one."""
+    dtx: bool
+
+
+class ImmediateAudioJitterBuffer:
+    """Hands every audio packet on at once, in order; late or repeated packets are dropped.
+
+    It notes, for each frame it hands on, how many packets were lost before it and whether
+    it is a DTX frame, so the inbound path tells lost media from a quiet sender.  aiortc
+    rewrites a handed-on frame's timestamp (to start at 0) before decoding it with that as
+    the decoded frame's pts: the note is found again through the frame object itself.
+    """
+
+    capacity = 16
+    _RESET_DISTANCE = 100
+    _NOTES = 64
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self.dropped = 0
+        self.lost = 0
+        self._notes: deque[tuple[JitterFrame, PacketNote]] = deque(maxlen=self._NOTES)
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        sequence: int = packet.sequence_number
+        lost = 0
+        if self._last is not None:
+            behind = (self._last - sequence) & 0xFFFF
+            if behind < self._RESET_DISTANCE:
+                self.dropped += 1
+                return False, None
+            ahead = (sequence - self._last - 1) & 0xFFFF
+            lost = ahead if ahead < self._RESET_DISTANCE * 10 else 0
+        self._last = sequence
+        self.lost += lost
+        data: bytes = packet._data
+        frame = JitterFrame(data=data, timestamp=packet.timestamp)
+        self._notes.append((frame, PacketNote(lost, len(data) <= DTX_MAX_BYTES)))
+        return False, frame
+
+    def note(self, pts: int | None) -> PacketNote | None:
+        """The note of the frame that decoded to this pts (once), None if unknown."""
+        if pts is None:
+            return None
+        for i, (frame, note) in enumerate(self._notes):
+            if frame.timestamp == pts:
+                del self._notes[i]
+                return note
+        return None
+
+
+_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+
+
+def use_immediate_jitter_buffer(receiver: Any) -> ImmediateAudioJitterBuffer:
+    if not hasattr(receiver, _JITTER_ATTR):
+        raise RuntimeError("aiortc's receiver has no jitter buffer where expected: check the pin")
+    buffer = ImmediateAudioJitterBuffer()
+    setattr(receiver, _JITTER_ATTR, buffer)
+    return buffer
