@@ -62,7 +62,11 @@ async (codec) => {
     const started = Date.now();
     const poll = setInterval(() => {
       if (check()) { clearInterval(poll); done(); }
-      else if (Date.now() - started > ms) { clearInterval(poll); fail(new Error(what + " timed out: " + JSON.stringify({...report, energy, answer: undefined, offer: undefined, state: pc.connectionState}))); }
+      else if (Date.now() - started > ms) {
+        clearInterval(poll);
+        const seen = { events: report.events, energy, state: pc.connectionState };
+        fail(new Error(what + " timed out: " + JSON.stringify(seen)));
+      }
     }, 50);
   });
   await until(() => pc.connectionState === "connected", 10000, "connect");
