@@ -37,6 +37,10 @@ class Voice:
         # PiperVoice.load() would let onnxruntime take every core; we give it what we may use.
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: spinning threads take the CPU from
+        # the calls' media (measured: synthesis 0.52 s -> 0.34 s with both cores busy, the
+        # same 0.21 s on an idle machine).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(
             str(joe.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -90,7 +90,9 @@ async def test_slow_headers_are_timed_out_while_healthz_stays_fast() -> None:
         assert all(t is not None for t in lifetimes), "every slow connection was closed"
         kept = [t for t in lifetimes if t is not None]
         print(f"slow connections closed after {min(kept):.2f}..{max(kept):.2f} s")
-        assert min(kept) >= 0.9
+        # Not before the timeout (the client starts its watch when its connect returns,
+        # which on a busy machine can be a little after the server's timer started).
+        assert min(kept) >= 0.75
         assert max(kept) < 1.0 + 1.5
         assert server.guard.open == 0
 
