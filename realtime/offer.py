@@ -5,7 +5,8 @@ data channel.  Every other section of an offer is rejected the standard way (RFC
 answer keeps the section, with port 0) and the call goes on:
 
 * a video section whose codecs we cannot decode (only H265 or AV1, say), extra audio or video
-  sections, sections the offerer disabled (port 0) and kinds we do not speak;
+  sections, sections the offerer disabled (port 0, unless marked ``bundle-only``: RFC 8843 offers
+  those with port 0 to be used on the bundle's transport) and kinds we do not speak;
 * an offer without a usable audio section is refused (``UnsupportedMedia``).
 
 aiortc is given the offer without the rejected sections, and with at most
@@ -143,7 +144,7 @@ def _decodable(section: _Section) -> bool:
 
 def _verdict(section: _Section, taken: set[str]) -> str | None:
     """Why the section is rejected, or None to take it."""
-    if section.port == 0:
+    if section.port == 0 and "a=bundle-only" not in section.lines:
         return "the offer disabled it"
     if section.kind in ("audio", "video"):
         if section.kind in taken:

@@ -93,3 +93,13 @@ def test_rejected_sections_go_back_in_their_place_with_port_0() -> None:
         ["m=application", "9"],
     ]
     assert answer.split("\r\n").count("a=mid:1") == 1
+
+
+def test_a_bundle_only_section_with_port_0_is_taken() -> None:
+    """RFC 8843: with max-bundle, the sections after the first are offered with port 0 and
+    a=bundle-only, to be used on the bundle's transport."""
+    video = _video("1")
+    video[0] = video[0].replace("m=video 9", "m=video 0")
+    offer = read_offer(_sdp(_audio("0"), [*video, "a=bundle-only"], _data("2")))
+    assert offer.rejected == ()
+    assert offer.has_video
