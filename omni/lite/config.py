@@ -12,7 +12,11 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer in one short 
 @dataclass(frozen=True, slots=True)
 class LiteConfig:
     threads: int = 2
-    """CPU threads each replica's language model and speech synthesis may use."""
+    """CPU threads each replica's speech synthesis may use."""
+    llm_threads: int = 1
+    """CPU threads each replica's language model uses.  The 135M model runs as fast on one as
+    on two, and with the cores busy two wait on each other (a long reply: 3.6 s on one
+    thread, 7.6 s on two, with two other processes busy)."""
     end_pause_ms: int = 500
     """Silence after speech that ends the person's turn."""
     speculate_after_ms: int = 200
@@ -37,6 +41,7 @@ class LiteConfig:
 
     def __post_init__(self) -> None:
         require(1 <= self.threads <= 64, "threads must be 1..64")
+        require(1 <= self.llm_threads <= 64, "llm_threads must be 1..64")
         require(100 <= self.end_pause_ms <= 3000, "end_pause_ms must be 100..3000")
         require(
             0 <= self.speculate_after_ms <= self.end_pause_ms,

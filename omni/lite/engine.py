@@ -261,7 +261,7 @@ class LiteReplica:
     def __init__(self, config: LiteConfig) -> None:
         self.config = config
         self.asr = SpeechRecognizer()
-        self.model = ReplyModel(config.threads, config.max_reply_tokens, config.temperature)
+        self.model = ReplyModel(config.llm_threads, config.max_reply_tokens, config.temperature)
         self.voice = Voice(config.threads, config.speech_rate)
         self.reply_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lite-reply")
 
