@@ -24,7 +24,9 @@ class LoopWatch:
         self.limit_s = limit_s
         self.worst_s = 0.0
         self.blocker = ""
-        """The loop thread's stack, taken while it was held up longest past the limit."""
+        """The loop thread's stack, taken as soon as the longest hold passed the limit."""
+        self._stall_beat = 0.0
+        self._stall_stack = ""
         self._beat = time.monotonic()
         self._loop_thread = threading.get_ident()
         self._stopped = threading.Event()
@@ -66,9 +68,15 @@ class LoopWatch:
                 # stopped (reporting a failure, say): that holds up nothing.
                 self._beat = time.monotonic()
                 continue
-            held = time.monotonic() - self._beat - BEAT_S
+            beat = self._beat
+            held = time.monotonic() - beat - BEAT_S
+            if held > self.limit_s and beat != self._stall_beat:
+                # The first look at a new stall shows what holds the loop; later looks may
+                # find it already past the blocker, waiting for the interpreter or a core.
+                self._stall_beat = beat
+                frame = sys._current_frames().get(self._loop_thread)
+                self._stall_stack = "".join(traceback.format_stack(frame, limit=12))
             if held > self.worst_s:
                 self.worst_s = held
                 if held > self.limit_s:
-                    frame = sys._current_frames().get(self._loop_thread)
-                    self.blocker = "".join(traceback.format_stack(frame, limit=12))
+                    self.blocker = self._stall_stack
