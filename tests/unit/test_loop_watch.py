@@ -40,3 +40,19 @@ def test_a_loop_that_keeps_turning_passes() -> None:
     watch = _watched(0.0)
     assert watch.worst_s < 0.1
     watch.check()
+
+
+def test_an_excused_stall_does_not_count() -> None:
+    async def run() -> LoopWatch:
+        watch = LoopWatch(limit_s=0.1)
+        watch.start()
+        await asyncio.sleep(0.05)
+        with watch.excused():
+            _hold_the_loop(0.4)
+        await asyncio.sleep(0.05)
+        await watch.stop()
+        return watch
+
+    watch = asyncio.run(run())
+    assert watch.worst_s < 0.1
+    watch.check()
