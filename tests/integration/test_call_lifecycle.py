@@ -15,17 +15,11 @@ import numpy as np
 
 from omni.pool import ReplicaPool
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller
+from tests.support.caller import Caller, call_snapshot
 from tests.support.engines import ScriptedEngine
 from tests.support.media import rms, silence, speechlike, tone
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def _snapshot(http: aiohttp.ClientSession, url: str, call_id: str) -> dict[str, Any]:
-    async with http.get(f"{url}/v1/calls/{call_id}") as r:
-        assert r.status == 200
-        return dict(await r.json())
 
 
 async def _wait_ended(
@@ -33,7 +27,7 @@ async def _wait_ended(
 ) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
-            snap = await _snapshot(http, url, call_id)
+            snap = await call_snapshot(http, url, call_id)
             if snap["state"] == "ended":
                 return snap
             await asyncio.sleep(0.1)
@@ -56,7 +50,7 @@ async def test_delete_ends_the_call_and_frees_its_replica(
         async with http.delete(f"{server.url}/v1/calls/{caller.call_id}") as r:
             assert r.status == 204
         assert time.monotonic() - started < 2.0
-        snap = await _snapshot(http, server.url, caller.call_id or "")
+        snap = await call_snapshot(http, server.url, caller.call_id or "")
         assert snap["state"] == "ended"
         assert snap["end_reason"] == "deleted"
         ready = await _ready(http, server.url)
@@ -101,7 +95,7 @@ async def test_a_vanished_client_is_noticed_and_freed(
             call_id = (await process.stdout.readline()).decode().strip()
         assert call_id.startswith("call_")
         await asyncio.sleep(1.5)
-        assert (await _snapshot(http, server.url, call_id))["state"] == "active"
+        assert (await call_snapshot(http, server.url, call_id))["state"] == "active"
         process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         snap = await _wait_ended(http, server.url, call_id, timeout=8)
@@ -159,7 +153,7 @@ async def test_loopback_mode_returns_audio_at_once(
         peak_hz = np.argmax(spectrum) * 48_000 / back.size
         assert abs(peak_hz - 800) < 20
         assert not caller.of_type("unit"), "loopback must bypass the unit loop"
-        snap = await _snapshot(http, server.url, caller.call_id or "")
+        snap = await call_snapshot(http, server.url, caller.call_id or "")
         assert snap["engine"] == "loopback"
     finally:
         await caller.close()
@@ -179,7 +173,7 @@ async def test_ping_pong_and_bad_client_messages(
         assert pongs[0] == {"type": "pong", "id": 7, "t": 123.5}
         errors = await caller.wait_for("error", 3, count=2)
         assert {e["code"] for e in errors} == {"invalid_json", "unknown_event"}
-        assert (await _snapshot(http, server.url, caller.call_id or ""))["state"] == "active"
+        assert (await call_snapshot(http, server.url, caller.call_id or ""))["state"] == "active"
     finally:
         await caller.close()
 
@@ -246,7 +240,7 @@ async def test_engine_errors_are_reported_and_other_calls_go_on(
         assert "unit 1" in errors[0]["message"]
         units = await caller.wait_for("unit", 6, count=3)
         assert [u["index"] for u in units[:2]] == [0, 2]
-        assert (await _snapshot(http, server.url, caller.call_id or ""))["state"] == "active"
+        assert (await call_snapshot(http, server.url, caller.call_id or ""))["state"] == "active"
     finally:
         await caller.close()
 
@@ -265,7 +259,9 @@ async def test_an_engine_that_always_fails_ends_only_its_call(
         assert engine.closed_sessions == 1
         closed = await caller.wait_for("session.closed", 3)
         assert closed[0]["reason"] == "engine_error"
-        assert (await _snapshot(http, server.url, loop_caller.call_id or ""))["state"] == "active"
+        assert (await call_snapshot(http, server.url, loop_caller.call_id or ""))[
+            "state"
+        ] == "active"
         assert (await _ready(http, server.url))["replicas_free"] == 2
     finally:
         await asyncio.gather(caller.close(), loop_caller.close())
@@ -311,7 +307,7 @@ async def test_an_engine_slower_than_real_time_keeps_the_call_on_its_clock(
         assert indices[-1] >= len(units), "units were skipped, not queued up"
         assert max(u["timings"]["late_ms"] for u in units) < 3000, "the lag does not grow"
         assert all(u["timings"]["step_ms"] >= 1500 for u in units)
-        snap = await _snapshot(http, server.url, caller.call_id or "")
+        snap = await call_snapshot(http, server.url, caller.call_id or "")
         assert snap["counters"]["dropped_units"] >= 1
         assert snap["state"] == "active"
     finally:

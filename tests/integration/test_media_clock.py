@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import aiohttp
 import numpy as np
 
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller
+from tests.support.caller import Caller, call_snapshot
 from tests.support.dtx import use_dtx
 from tests.support.media import silence, speechlike
-
-
-async def _snapshot(http: aiohttp.ClientSession, url: str, call_id: str) -> dict[str, Any]:
-    async with http.get(f"{url}/v1/calls/{call_id}") as r:
-        return dict(await r.json())
 
 
 async def test_dtx_silence_is_silence_not_loss(
@@ -44,7 +38,7 @@ async def test_dtx_silence_is_silence_not_loss(
         assert max(missing) < 50, f"DTX silence was taken for missing audio: {missing}"
         late = sorted(u["timings"]["late_ms"] for u in quiet)
         assert late[len(late) // 2] < 80, f"quiet units were waited for: late_ms {late}"
-        counters = (await _snapshot(http, server.url, caller.call_id or ""))["counters"]
+        counters = (await call_snapshot(http, server.url, caller.call_id or ""))["counters"]
         assert counters["audio_dtx_ms"] > 3000, counters
         assert counters["audio_lost_ms"] < 100, counters
     finally:
@@ -74,7 +68,7 @@ async def test_a_slow_sender_clock_loses_nothing_and_never_barges_in(
         assert missing < 200, (
             f"{missing} ms of units went missing: {[u['missing_ms'] for u in units]}"
         )
-        counters = (await _snapshot(http, server.url, caller.call_id or ""))["counters"]
+        counters = (await call_snapshot(http, server.url, caller.call_id or ""))["counters"]
         assert counters["late_audio_samples"] < 1600, counters
         assert counters["interrupts"] == 0, counters
         assert not caller.of_type("response.interrupted")

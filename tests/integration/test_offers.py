@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller, make_offer
+from tests.support.caller import Caller, call_snapshot, make_offer
 from tests.support.media import silence, speechlike
+from tools.bench_offer import inflate
 
 
 def _without_bundle(sdp: str) -> str:
@@ -27,11 +28,6 @@ def _sections(sdp: str) -> list[str]:
 
 def _mids(sdp: str) -> list[str]:
     return re.findall(r"^a=mid:(\S+)", sdp, re.M)
-
-
-async def _snapshot(http: aiohttp.ClientSession, url: str, call_id: str) -> dict[str, object]:
-    async with http.get(f"{url}/v1/calls/{call_id}") as r:
-        return dict(await r.json())
 
 
 async def test_an_offer_without_bundle_gets_an_answer_without_bundle(
@@ -49,7 +45,7 @@ async def test_an_offer_without_bundle_gets_an_answer_without_bundle(
         caller.player.play(talk)
         await caller.wait_for("response.output_text.delta", 8)
         await asyncio.sleep(max(0.0, 3.5 - (time.monotonic() - caller.events[0][0])))
-        snap = await _snapshot(http, server.url, caller.call_id or "")
+        snap = await call_snapshot(http, server.url, caller.call_id or "")
         assert snap["state"] == "active", snap
     finally:
         await caller.close()
@@ -78,7 +74,7 @@ async def test_a_call_whose_data_channel_never_opens_keeps_working(
         caller.player.play(talk)
         await asyncio.sleep(4.0)
         assert not caller.channel_open.is_set(), "the test needs a channel that never opens"
-        snap = await _snapshot(http, server.url, caller.call_id or "")
+        snap = await call_snapshot(http, server.url, caller.call_id or "")
         assert snap["state"] == "active", snap
         assert caller.first_loud(started + 1.0) is not None, "the echo never came back"
     finally:
@@ -151,26 +147,13 @@ async def test_a_second_audio_section_is_rejected_and_the_call_kept(
     assert ports[1] == "0"
 
 
-def _with_candidates(sdp: str, per_section: int) -> str:
-    out = []
-    for line in sdp.split("\r\n"):
-        out.append(line)
-        if line.startswith("a=mid:"):
-            out.extend(
-                f"a=candidate:{i} 1 udp {2122260223 - i} 10.{i // 250}.{i % 250}.1 {40000 + i} "
-                "typ host"
-                for i in range(per_section)
-            )
-    return "\r\n".join(out)
-
-
 async def test_a_huge_offer_does_not_hold_up_other_calls(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     """600 candidates in a 40 KB offer: the loop that carries every call must keep turning."""
     server = await start_server()
     live = Caller(server.url, session={"mode": "loopback"})
-    big = _with_candidates(await make_offer(), per_section=300)
+    big = inflate(await make_offer(), per_section=300)
     assert big.count("a=candidate") >= 600
     held: list[float] = []
     sampling = True

@@ -216,6 +216,13 @@ class Caller:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+async def call_snapshot(http: aiohttp.ClientSession, base_url: str, call_id: str) -> dict[str, Any]:
+    """GET /v1/calls/{call_id}: the call's state and counters."""
+    async with http.get(f"{base_url}/v1/calls/{call_id}") as r:
+        assert r.status == 200
+        return dict(await r.json())
+
+
 async def make_offer() -> str:
     """A real aiortc offer (audio and the events channel), for tests that POST it themselves."""
     caller = Caller("http://unused")
