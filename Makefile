@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
-# Debian packages the test suite needs: a real browser, and `ip`/`unshare` for a private network namespace.
-TEST_DEBS := chromium iproute2 util-linux
+# Debian packages the test suite needs: a real browser, `ip`/`unshare` for a private network
+# namespace, and iptables for a NAT inside it (a published address, as from a container).
+TEST_DEBS := chromium iproute2 util-linux iptables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test lint unit install install-dev system-deps lock clean

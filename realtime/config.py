@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from omni.api import require
@@ -30,9 +31,33 @@ class PeerConfig:
     """Addresses offered as host candidates; empty = every non-loopback interface
     (or 127.0.0.1 when the machine has no other)."""
     connect_timeout_s: float = 15.0
+    udp_ports: tuple[int, ...] = ()
+    """(low, high): the UDP ports ICE sockets bind to, e.g. to publish them from a
+    container; empty = any free port."""
+    announced_address: str = ""
+    """Address put in the answer's host candidates instead of the one bound (a container's
+    published address, a 1:1 NAT); empty = the bound addresses."""
 
     def __post_init__(self) -> None:
         require(self.connect_timeout_s > 0, "connect_timeout_s must be > 0")
+        require(
+            not self.udp_ports
+            or (
+                len(self.udp_ports) == 2 and 1024 <= self.udp_ports[0] <= self.udp_ports[1] <= 65535
+            ),
+            "udp_ports must be [] or [low, high] within 1024..65535",
+        )
+        if self.announced_address:
+            try:
+                ipaddress.ip_address(self.announced_address)
+            except ValueError:
+                raise ValueError(
+                    f"announced_address must be an IP address, not {self.announced_address!r}"
+                ) from None
+
+    @property
+    def port_range(self) -> tuple[int, int] | None:
+        return (self.udp_ports[0], self.udp_ports[1]) if self.udp_ports else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,3 +232,23 @@ def with_rejected(answer_sdp: str, offer: Offer) -> str:
 
 def _join(session: list[str], sections: list[list[str]]) -> str:
     return "\r\n".join(session + [line for lines in sections for line in lines]) + "\r\n"
+
+
+_HOST_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ udp \d+ )(\S+)( \d+ typ host.*)$", re.I)
+
+
+def announce(answer_sdp: str, address: str) -> str:
+    """The answer with ``address`` in place of the bound address of every host candidate and
+    connection line: what a client behind the container's port mapping or the 1:1 NAT must
+    send to.  Server-reflexive and relay candidates are left as they are."""
+    family = "IP6" if ":" in address else "IP4"
+
+    def announced(line: str) -> str:
+        host = _HOST_CANDIDATE.match(line)
+        if host:
+            return f"{host.group(1)}{address}{host.group(3)}"
+        if line.startswith("c=IN ") and not line.endswith(" 0.0.0.0"):
+            return f"c=IN {family} {address}"
+        return line
+
+    return "\r\n".join(announced(line) for line in answer_sdp.split("\r\n"))

@@ -11,6 +11,11 @@ Each is tested in tests/unit/test_peer_patches.py, against aiortc's own behaviou
   packets and DTX frames for the inbound path.
 * ``vectorised audio level``: aiortc computes the level of every outgoing audio frame in a
   pure-Python loop (about half of a call's CPU); ours computes the same value with numpy.
+* ``UDP port range``: aioice binds each ICE socket to any free port, so a container cannot
+  publish them; with ``webrtc.udp_ports`` set, sockets bound while gathering take a free port
+  of that range.  The seam is the one ``asyncio`` name in ``aioice.ice``: its
+  ``get_running_loop()`` hands aioice, during gathering only, the running loop with a
+  ``create_datagram_endpoint`` that picks the port.
 
 They reach into aiortc's internals, so ``install_patches`` refuses to run on other versions
 than those they were written for (``PatchedVersionError``), at start, with what to do.
@@ -18,9 +23,13 @@ than those they were written for (``PatchedVersionError``), at start, with what 
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import math
+import random
+import types
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -64,14 +73,71 @@ AIORTC_AUDIO_LEVEL = aiortc_rtp.compute_audio_level_dbov
 """aiortc's own audio level, which ours replaces (the tests compare the two)."""
 
 
+_udp_ports: ContextVar[tuple[int, int] | None] = ContextVar("omnirtc_udp_ports", default=None)
+
+
 @contextmanager
-def offering_host_addresses(addresses: tuple[str, ...]) -> Iterator[None]:
-    """Within this block, ICE gathering offers ``addresses`` (all interfaces when empty)."""
-    token = _host_addresses.set(addresses)
+def offering_host_addresses(
+    addresses: tuple[str, ...], udp_ports: tuple[int, int] | None = None
+) -> Iterator[None]:
+    """Within this block, ICE gathering offers ``addresses`` (all interfaces when empty) on
+    ports of ``udp_ports`` (low, high; any free port when None)."""
+    addresses_token = _host_addresses.set(addresses)
+    ports_token = _udp_ports.set(udp_ports)
     try:
         yield
     finally:
-        _host_addresses.reset(token)
+        _udp_ports.reset(ports_token)
+        _host_addresses.reset(addresses_token)
+
+
+class NoFreePort(OSError):
+    """Every port of the configured UDP range is in use."""
+
+
+class _PortRangeLoop:
+    """The running loop, but datagram endpoints bound to port 0 take a port of a range."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ports: tuple[int, int]) -> None:
+        self._loop = loop
+        self._ports = ports
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def create_datagram_endpoint(
+        self, factory: Callable[[], Any], local_addr: tuple[str, int] | None = None, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        if local_addr is None or local_addr[1] != 0:
+            return await self._loop.create_datagram_endpoint(
+                factory, local_addr=local_addr, **kwargs
+            )
+        low, high = self._ports
+        count = high - low + 1
+        first = random.randrange(count)  # spread calls over the range
+        for step in range(count):
+            port = low + (first + step) % count
+            try:
+                return await self._loop.create_datagram_endpoint(
+                    factory, local_addr=(local_addr[0], port), **kwargs
+                )
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise NoFreePort(errno.EADDRINUSE, f"no free UDP port in {low}-{high} (webrtc.udp_ports)")
+
+
+class _AioiceAsyncio(types.ModuleType):
+    """What ``asyncio`` means inside ``aioice.ice``: asyncio itself, except that while a
+    port range is in force ``get_running_loop()`` returns the loop that binds within it."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    def get_running_loop(self) -> Any:
+        loop = asyncio.get_running_loop()
+        ports = _udp_ports.get()
+        return _PortRangeLoop(loop, ports) if ports is not None else loop
 
 
 def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
@@ -98,6 +164,7 @@ def install_patches() -> None:
     if aioice.ice.get_host_addresses is _get_host_addresses:
         return
     check_versions()
+    aioice.ice.asyncio = _AioiceAsyncio("asyncio")  # type: ignore[attr-defined]
     aioice.ice.get_host_addresses = _get_host_addresses
     aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
 

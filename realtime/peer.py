@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError
 from realtime.audio import ReceivedAudio
 from realtime.config import PeerConfig
 from realtime.errors import InvalidOffer, UnsupportedMedia
-from realtime.offer import bundle_as_offered, read_offer, with_rejected
+from realtime.offer import announce, bundle_as_offered, read_offer, with_rejected
 from realtime.patches import (
     ImmediateAudioJitterBuffer,
     install_patches,
@@ -161,13 +161,16 @@ class Peer:
         self._watch_media_transport(audio[0].receiver.transport)
         self._pc.addTrack(SourceTrack(outbound))
         try:
-            with offering_host_addresses(self._config.host_addresses):
+            with offering_host_addresses(self._config.host_addresses, self._config.port_range):
                 answer = await self._pc.createAnswer()
                 shaped = bundle_as_offered(answer.sdp, offer)
                 await self._pc.setLocalDescription(RTCSessionDescription(shaped, "answer"))
         except Exception as exc:
             raise InvalidOffer(f"could not answer the offer: {exc}") from None
-        return with_rejected(str(self._pc.localDescription.sdp), offer)
+        answer_sdp = with_rejected(str(self._pc.localDescription.sdp), offer)
+        if self._config.announced_address:
+            answer_sdp = announce(answer_sdp, self._config.announced_address)
+        return answer_sdp
 
     async def audio_frames(self) -> AsyncIterator[ReceivedAudio]:
         """Decoded inbound audio, with what each frame's packet said (loss, DTX)."""

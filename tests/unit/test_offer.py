@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from realtime.errors import InvalidOffer, UnsupportedMedia
-from realtime.offer import MAX_CANDIDATES, bundle_as_offered, read_offer, with_rejected
+from realtime.offer import (
+    MAX_CANDIDATES,
+    announce,
+    bundle_as_offered,
+    read_offer,
+    with_rejected,
+)
 
 _ICE = ["a=ice-ufrag:abcd", "a=ice-pwd:0123456789abcdef0123456789", "a=setup:actpass"]
 
@@ -103,3 +109,28 @@ def test_a_bundle_only_section_with_port_0_is_taken() -> None:
     offer = read_offer(_sdp(_audio("0"), [*video, "a=bundle-only"], _data("2")))
     assert offer.rejected == ()
     assert offer.has_video
+
+
+def test_announce_puts_the_published_address_in_host_candidates() -> None:
+    answer = _sdp(
+        [
+            "m=audio 40001 UDP/TLS/RTP/SAVPF 111",
+            "c=IN IP4 172.17.0.2",
+            "a=mid:0",
+            "a=candidate:1 1 udp 2130706431 172.17.0.2 40001 typ host",
+            "a=candidate:2 1 udp 1694498815 198.51.100.7 40001 typ srflx raddr 172.17.0.2 "
+            "rport 40001",
+        ],
+        [
+            "m=video 0 UDP/TLS/RTP/SAVPF 96",
+            "c=IN IP4 0.0.0.0",
+            "a=mid:1",
+        ],
+        bundle="0",
+    )
+    announced = announce(answer, "127.0.0.1")
+    assert "a=candidate:1 1 udp 2130706431 127.0.0.1 40001 typ host" in announced
+    assert "198.51.100.7 40001 typ srflx raddr 172.17.0.2" in announced, "srflx stays"
+    assert "c=IN IP4 127.0.0.1" in announced
+    assert "c=IN IP4 0.0.0.0" in announced, "a rejected section stays rejected"
+    assert "172.17.0.2 40001 typ host" not in announced

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from fractions import Fraction
 
 import aioice.ice
@@ -173,3 +174,36 @@ def test_other_aiortc_versions_are_refused_at_start(monkeypatch: pytest.MonkeyPa
     with pytest.raises(PatchedVersionError):
         install_patches()
     assert aioice.ice.get_host_addresses is patches._original_get_host_addresses
+
+
+# ---------------------------------------------------------------- UDP port range
+
+
+async def test_ice_sockets_bind_within_the_port_range_until_it_is_full() -> None:
+    install_patches()
+    low, high = 41_230, 41_233
+    connections = [aioice.Connection(ice_controlling=True) for _ in range(high - low + 2)]
+    try:
+        ports = []
+        for connection in connections:
+            with offering_host_addresses(("127.0.0.1",), (low, high)):
+                await connection.gather_candidates()
+            ports.append([c.port for c in connection.local_candidates if c.type == "host"])
+        assert sorted(p for found in ports[:-1] for p in found) == list(range(low, high + 1))
+        assert ports[-1] == [], "a full range gives no candidate (aioice logs it)"
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
+async def test_without_a_range_aioice_binds_as_before() -> None:
+    install_patches()
+    connection = aioice.Connection(ice_controlling=True)
+    try:
+        with offering_host_addresses(("127.0.0.1",)):
+            await connection.gather_candidates()
+        assert [c.port > 0 for c in connection.local_candidates] == [True]
+        # Outside a range aioice gets the running loop itself.
+        assert aioice.ice.asyncio.get_running_loop() is asyncio.get_running_loop()
+    finally:
+        await connection.close()
