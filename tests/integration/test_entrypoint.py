@@ -1,8 +1,11 @@
-"""The `omnirtc serve` entry point as the Docker image runs it (same command, same settings
-from the environment, same health check), here with the echo engine instead of the GPU one."""
+"""The `omnirtc serve` entry point as the Docker images run it (same command, same settings
+from the environment, same health check): the GPU image's with the echo engine instead of
+the GPU one, the CPU image's (Dockerfile.cpu) as it is, lite engine and published ports."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -14,15 +17,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from tests.support.caller import Caller
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+HOST_CANDIDATE = r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ host"
 
 
-def dockerfile() -> tuple[dict[str, str], list[str], list[str]]:
+def dockerfile(name: str = "Dockerfile") -> tuple[dict[str, str], list[str], list[str]]:
     """The image's final ENV, its CMD and its HEALTHCHECK command."""
-    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    text = (ROOT / name).read_text().replace("\\\n", " ")
     env: dict[str, str] = {}
     for line in text.splitlines():
         if line.startswith("ENV "):
@@ -93,3 +100,48 @@ def test_bad_settings_stop_the_start_with_a_message() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "server.port must be 0..65535" in done.stderr
+
+
+async def test_the_cpu_image_command_serves_calls_on_its_published_ports() -> None:
+    """Dockerfile.cpu as it runs: lite engine, all interfaces, media on the published UDP
+    range and announced at 127.0.0.1 (a browser on the machine running the container)."""
+    env, cmd, check = dockerfile("Dockerfile.cpu")
+    assert cmd == ["/opt/venv/bin/omnirtc", "serve"]
+    assert env["OMNIRTC_ENGINE__NAME"] == "lite"
+    low, high = json.loads(env["OMNIRTC_WEBRTC__UDP_PORTS"])
+    port = free_port()
+    env.update(OMNIRTC_SERVER__PORT=str(port), OMNIRTC_SERVER__WEB_DIR=str(ROOT / "web"))
+    process = await asyncio.create_subprocess_exec(
+        *local(cmd), cwd=ROOT, env={**os.environ, **env}, stderr=asyncio.subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    caller = Caller(url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(60):
+                while True:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with http.get(f"{url}/readyz") as r:
+                            if r.status == 200:
+                                assert (await r.json())["engine"] == "lite"
+                                break
+                    assert process.returncode is None, "the server stopped"
+                    await asyncio.sleep(0.2)
+            health = await asyncio.create_subprocess_exec(
+                *[c.replace("8080", str(port)) for c in local(check)]
+            )
+            assert await health.wait() == 0
+            await caller.call(http)
+            hosts = re.findall(
+                r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ host", caller.answer_sdp, re.M
+            )
+            assert hosts, caller.answer_sdp
+            assert all(h == "127.0.0.1" and low <= int(p) <= high for h, p in hosts), hosts
+            created = await caller.wait_for("session.created", 5)
+            assert created[0]["engine"] == "lite"
+    finally:
+        await caller.close()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await process.wait() == 0
