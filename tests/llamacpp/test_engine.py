@@ -361,3 +361,18 @@ def test_a_server_that_goes_away_fails_steps_and_cleanup(
         sess.step(unit(0))
     with pytest.raises(EngineError, match="could not be reset"):
         sess.close()
+
+
+# ---------------------------------------------------------------- selection
+
+
+def test_the_engine_is_built_by_name_and_never_picked_by_auto(tmp_path: Path) -> None:
+    from omni import engines
+
+    servers = ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    configs = engines.EngineConfigs(llamacpp=config(tmp_path, servers[0], servers=servers))
+    built = engines.build_engine("llamacpp", 5, 10, configs)
+    assert built.info.name == "llamacpp"
+    assert built.info.replicas == 2, "one replica per server; engine.replicas is ignored"
+    assert built.create_replica(1).url == servers[1]  # type: ignore[attr-defined]
+    assert engines.resolve("auto", configs) != "llamacpp"
