@@ -32,6 +32,8 @@ def _is_http_url(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class LlamaCppConfig:
+    """Validated on construction (ValueError naming the setting); read once at start."""
+
     servers: tuple[str, ...] = (DEFAULT_SERVER,)
     """Base URLs of llama.cpp-omni servers, one per replica (each holds one live session)."""
     shared_dir: str = ""
