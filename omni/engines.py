@@ -2,6 +2,7 @@
 
 ``auto`` picks the best engine this machine can run: ``minicpmo`` where its dependencies,
 CUDA and its weights are present, else ``lite`` when its packages are installed, else ``echo``.
+It never picks ``llamacpp``, which needs llama.cpp-omni servers running beside the service.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from dataclasses import dataclass, field
 from omni.api import Engine
 from omni.echo import EchoConfig, echo_engine
 from omni.lite.config import LiteConfig
+from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "echo", "lite", "minicpmo")
+ENGINE_NAMES = ("auto", "echo", "lite", "minicpmo", "llamacpp")
 LITE_PACKAGES = (
     "pocketsphinx",
     "piper",
@@ -35,6 +37,7 @@ class EngineConfigs:
     echo: EchoConfig = field(default_factory=EchoConfig)
     lite: LiteConfig = field(default_factory=LiteConfig)
     minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
+    llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
 
 
 def missing_lite_packages() -> list[str]:
@@ -78,4 +81,10 @@ def build_engine(name: str, replicas: int, max_calls: int, configs: EngineConfig
         if replicas:
             log.warning("engine.replicas is ignored by minicpmo: see engine.minicpmo.devices")
         return MiniCPMOEngine(configs.minicpmo)
+    if name == "llamacpp":
+        from omni.llamacpp.engine import llamacpp_engine
+
+        if replicas:
+            log.warning("engine.replicas is ignored by llamacpp: one replica per server")
+        return llamacpp_engine(configs.llamacpp)
     raise ValueError(f"unknown engine {name!r}")

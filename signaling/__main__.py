@@ -59,6 +59,8 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.logging.level.upper())
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
+    # The llamacpp engine talks to its servers twice a second per call: no line per request.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,6 +151,7 @@ def _engine(settings: Settings, replicas: int) -> Engine:
             echo=settings.engine.echo,
             lite=settings.engine.lite,
             minicpmo=settings.engine.minicpmo,
+            llamacpp=settings.engine.llamacpp,
         ),
     )
 

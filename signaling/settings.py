@@ -28,6 +28,7 @@ from omni.api import require
 from omni.echo import EchoConfig
 from omni.engines import ENGINE_NAMES
 from omni.lite.config import LiteConfig
+from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, PeerConfig
 
@@ -108,6 +109,7 @@ class EngineSettings:
     echo: EchoConfig = field(default_factory=EchoConfig)
     lite: LiteConfig = field(default_factory=LiteConfig)
     minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
+    llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
 
     def __post_init__(self) -> None:
         require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")

@@ -77,6 +77,7 @@ async def start_server(loop_watch: LoopWatch | None) -> AsyncIterator[ServerFact
                     echo=settings.engine.echo,
                     lite=settings.engine.lite,
                     minicpmo=settings.engine.minicpmo,
+                    llamacpp=settings.engine.llamacpp,
                 ),
             )
             pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)

@@ -94,7 +94,10 @@ def main() -> None:
         1,
         1,
         EngineConfigs(
-            echo=settings.engine.echo, lite=settings.engine.lite, minicpmo=settings.engine.minicpmo
+            echo=settings.engine.echo,
+            lite=settings.engine.lite,
+            minicpmo=settings.engine.minicpmo,
+            llamacpp=settings.engine.llamacpp,
         ),
     )
     questions = spoken_questions(args.question)

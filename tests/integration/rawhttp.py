@@ -54,7 +54,10 @@ async def served(**overrides: Any) -> AsyncIterator[Served]:
         settings.engine.replicas,
         settings.server.max_calls,
         EngineConfigs(
-            echo=settings.engine.echo, lite=settings.engine.lite, minicpmo=settings.engine.minicpmo
+            echo=settings.engine.echo,
+            lite=settings.engine.lite,
+            minicpmo=settings.engine.minicpmo,
+            llamacpp=settings.engine.llamacpp,
         ),
     )
     app = create_app(settings, ReplicaPool(engine, max_queue=settings.engine.max_queue))

@@ -11,6 +11,7 @@ import pytest
 
 from omni.echo import EchoConfig
 from omni.lite.config import LiteConfig
+from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
 from signaling.settings import (
@@ -384,6 +385,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "engine.echo",
         "engine.lite",
         "engine.minicpmo",
+        "engine.llamacpp",
         "logging",
     }
     assert (
@@ -399,11 +401,12 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 EchoConfig,
                 LiteConfig,
                 MiniCPMOConfig,
+                LlamaCppConfig,
             )
         )
         + len(dataclasses.fields(EngineSettings))
-        - 4
-    )  # call.vad, engine.echo, engine.lite and engine.minicpmo are tables
+        - 5
+    )  # call.vad, engine.echo, engine.lite, engine.minicpmo and engine.llamacpp are tables
 
 
 def test_default_toml_documents_every_setting_with_a_comment() -> None:
