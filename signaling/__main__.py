@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from omni.api import Engine, EngineUnavailable
-from omni.engines import ENGINE_NAMES, EngineConfigs, build_engine
+from omni.engines import ENGINE_NAMES, build_engine
 from omni.pool import ReplicaPool
 from realtime.patches import PatchedVersionError
 from signaling.app import create_app
@@ -147,12 +147,7 @@ def _engine(settings: Settings, replicas: int) -> Engine:
         settings.engine.name,
         replicas,
         settings.server.max_calls,
-        EngineConfigs(
-            echo=settings.engine.echo,
-            lite=settings.engine.lite,
-            minicpmo=settings.engine.minicpmo,
-            llamacpp=settings.engine.llamacpp,
-        ),
+        settings.engine.configs(),
     )
 
 

@@ -26,7 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from omni.api import require
 from omni.echo import EchoConfig
-from omni.engines import ENGINE_NAMES
+from omni.engines import ENGINE_NAMES, EngineConfigs
 from omni.lite.config import LiteConfig
 from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
@@ -110,6 +110,12 @@ class EngineSettings:
     lite: LiteConfig = field(default_factory=LiteConfig)
     minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
     llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
+
+    def configs(self) -> EngineConfigs:
+        """Every engine's settings, as omni.engines.build_engine takes them."""
+        return EngineConfigs(
+            echo=self.echo, lite=self.lite, minicpmo=self.minicpmo, llamacpp=self.llamacpp
+        )
 
     def __post_init__(self) -> None:
         require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")

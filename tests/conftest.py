@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from omni.engines import EngineConfigs, build_engine
+from omni.engines import build_engine
 from omni.pool import ReplicaPool
 from signaling.app import create_app
 from signaling.settings import Settings, load_settings
@@ -73,12 +73,7 @@ async def start_server(loop_watch: LoopWatch | None) -> AsyncIterator[ServerFact
                 settings.engine.name,
                 settings.engine.replicas,
                 settings.server.max_calls,
-                EngineConfigs(
-                    echo=settings.engine.echo,
-                    lite=settings.engine.lite,
-                    minicpmo=settings.engine.minicpmo,
-                    llamacpp=settings.engine.llamacpp,
-                ),
+                settings.engine.configs(),
             )
             pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
         app = create_app(settings, pool)

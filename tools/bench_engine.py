@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_SAMPLES, SessionConfig, Unit
-from omni.engines import EngineConfigs, build_engine
+from omni.engines import build_engine
 from signaling.settings import load_settings
 from tools.benchlib import fmt
 
@@ -93,12 +93,7 @@ def main() -> None:
         settings.engine.name,
         1,
         1,
-        EngineConfigs(
-            echo=settings.engine.echo,
-            lite=settings.engine.lite,
-            minicpmo=settings.engine.minicpmo,
-            llamacpp=settings.engine.llamacpp,
-        ),
+        settings.engine.configs(),
     )
     questions = spoken_questions(args.question)
     began = time.perf_counter()

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from omni.engines import EngineConfigs, build_engine
+from omni.engines import build_engine
 from omni.pool import ReplicaPool
 from signaling.app import create_app
 from signaling.connections import ConnectionGuard
@@ -53,12 +53,7 @@ async def served(**overrides: Any) -> AsyncIterator[Served]:
         settings.engine.name,
         settings.engine.replicas,
         settings.server.max_calls,
-        EngineConfigs(
-            echo=settings.engine.echo,
-            lite=settings.engine.lite,
-            minicpmo=settings.engine.minicpmo,
-            llamacpp=settings.engine.llamacpp,
-        ),
+        settings.engine.configs(),
     )
     app = create_app(settings, ReplicaPool(engine, max_queue=settings.engine.max_queue))
     runner = GuardedAppRunner(app, HttpLimits.from_settings(settings.server))
