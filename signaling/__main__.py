@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every connection is a file: take all the open files this process may have.
     open_files = raise_open_file_limit()
     # (The media path uses no BLAS routines, so numpy's OpenBLAS threads never wake up on
-    # it; see realtime/peer.py's audio level.)
+    # it; see realtime/patches.py's audio level.)
     try:
         import uvloop
     except ImportError:

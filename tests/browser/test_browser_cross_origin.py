@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Page
+from playwright.async_api import Browser, Page
 
 from tests.browser.chromium import chromium
 from tests.conftest import ServerFactory
@@ -107,6 +107,16 @@ def _mic(tmp_path: Path) -> Path:
     return wav
 
 
+async def _run_page(browser: Browser, origin: str) -> tuple[Page, list[str], dict[str, Any]]:
+    """Open the other site's page and wait until its script has tried to call."""
+    page = await browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    await page.goto(origin + "/")
+    await _wait(page, "() => window.result && window.result.done", 15, console)
+    return page, console, await _result(page)
+
+
 def _has(event: str) -> str:
     return f"() => window.result && window.result.events.includes('{event}')"
 
@@ -119,12 +129,7 @@ async def test_a_page_on_an_allowed_origin_calls_with_the_imported_client(
         site.api = server.url
         assert site.origin != server.url
         async with chromium(_mic(tmp_path)) as browser:
-            page = await browser.new_page()
-            console: list[str] = []
-            page.on("console", lambda m: console.append(m.text))
-            await page.goto(site.origin + "/")
-            await _wait(page, "() => window.result && window.result.done", 15, console)
-            result = await _result(page)
+            page, console, result = await _run_page(browser, site.origin)
             assert result["imported"], result
             assert not result["errors"], (result, console)
             call_id = result["callId"]
@@ -159,12 +164,7 @@ async def test_a_page_on_another_origin_is_blocked(
         server = await start_server(server__cors_origins=["https://app.example.com"])
         site.api = server.url
         async with chromium(_mic(tmp_path)) as browser:
-            page = await browser.new_page()
-            console: list[str] = []
-            page.on("console", lambda m: console.append(m.text))
-            await page.goto(site.origin + "/")
-            await _wait(page, "() => window.result && window.result.done", 15, console)
-            result = await _result(page)
+            _, _, result = await _run_page(browser, site.origin)
     assert not result["imported"]
     assert result["callId"] is None
     assert result["errors"], result
