@@ -164,7 +164,7 @@ async def test_a_page_on_another_origin_is_blocked(
         server = await start_server(server__cors_origins=["https://app.example.com"])
         site.api = server.url
         async with chromium(_mic(tmp_path)) as browser:
-            _, _, result = await _run_page(browser, site.origin)
+            _, console, result = await _run_page(browser, site.origin)
     assert not result["imported"]
     assert result["callId"] is None
     assert result["errors"], result
