@@ -40,6 +40,7 @@ def snapshot(call: Call) -> dict[str, Any]:
             "speech_dropped_ms": call.playout.dropped * 1000 // WIRE_RATE,
             "speech_cleared_ms": call.playout.cleared * 1000 // WIRE_RATE,
             "playout_ms": round(call.playout.level_ms),
+            "playout_underruns": call.playout.underruns,
             "video_frames_in": call.video.received,
             "events_sent": call.events.sent,
             "events_dropped": call.events.dropped,

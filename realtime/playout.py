@@ -3,7 +3,9 @@
 Bounded in milliseconds: ``push`` waits while the buffer is full, so a fast engine cannot run
 ahead of the wire by more than the bound.  ``clear`` (barge-in) empties it at once and makes
 any push still waiting give up, so speech from before the interrupt never plays.  The buffer
-counts what was really played, dropped as stale, and cleared.
+counts what was really played, dropped as stale, and cleared, and how often speech ran dry
+mid-stream (an underrun: the wire went silent for want of speech, and speech came back
+within ``UNDERRUN_GAP_MS``; a longer silence is the end of what was being said).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections import deque
 
 import numpy as np
 from numpy.typing import NDArray
+
+UNDERRUN_GAP_MS = 1000
+"""Silence after speech ran dry that still counts as an underrun when speech resumes."""
 
 
 class PlayoutBuffer:
@@ -31,6 +36,10 @@ class PlayoutBuffer:
         self.played = 0
         self.dropped = 0
         self.cleared = 0
+        self.underruns = 0
+        self._dry: int | None = None
+        """Samples pulled empty since speech ran dry; None when no speech is under way."""
+        self._gap = rate * UNDERRUN_GAP_MS // 1000
 
     @property
     def level(self) -> int:
@@ -62,7 +71,14 @@ class PlayoutBuffer:
     def pull(self, count: int) -> NDArray[np.int16] | None:
         """The next ``count`` samples (zero-padded at the end), or None when empty."""
         if self._level == 0:
+            if self._dry is not None:
+                self._dry += count
+                if self._dry >= self._gap:
+                    self._dry = None  # a pause this long: that speech had ended
             return None
+        if self._dry:
+            self.underruns += 1
+        self._dry = 0
         out = np.zeros(count, dtype=np.int16)
         filled = self._consume(count, out)
         self.played += filled
@@ -81,6 +97,7 @@ class PlayoutBuffer:
         self._head = 0
         self._level = 0
         self._generation += 1
+        self._dry = None
         self.cleared += discarded
         self._room.set()
         return discarded

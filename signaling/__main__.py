@@ -24,7 +24,13 @@ from omni.engines import ENGINE_NAMES, build_engine
 from omni.pool import ReplicaPool
 from realtime.patches import PatchedVersionError
 from signaling.app import create_app
+from signaling.cluster.config import Role
+from signaling.cluster.gateway import create_gateway_app
+from signaling.cluster.processes import supervise
+from signaling.cluster.registry import RedisRegistry
+from signaling.cluster.worker import ClusterWorker
 from signaling.http_server import GuardedAppRunner, HttpLimits, fit_to_open_files
+from signaling.logctx import CallIdFilter
 from signaling.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("omnirtc")
@@ -33,7 +39,7 @@ DEFAULT_CONFIG = Path("configs/default.toml")
 
 
 class _JsonFormatter(logging.Formatter):
-    _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+    _skip = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "call_tag"}
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
@@ -53,7 +59,10 @@ def configure_logging(settings: Settings) -> None:
     if settings.logging.json:
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s%(call_tag)s: %(message)s")
+        )
+    handler.addFilter(CallIdFilter())  # the call id on every line written for a call
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.logging.level.upper())
@@ -73,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on")
     serve.add_argument("--engine", choices=ENGINE_NAMES, help="engine that answers calls")
+    serve.add_argument(
+        "--role",
+        choices=[r.value for r in Role],
+        help="single (default): one process does everything; gateway: routes offers to "
+        "workers; worker: serves media and engines for a gateway (both need Redis)",
+    )
+    serve.add_argument("--redis-url", help="Redis of the cluster (gateway and worker roles)")
+    serve.add_argument(
+        "--processes", type=int, help="worker processes to start on this machine (workers)"
+    )
     replay = commands.add_parser(
         "replay",
         help="run a recorded audio or video file through an engine, offline, unit by unit",
@@ -98,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {"engine.name": args.engine}
     if args.command == "serve":
         overrides.update({"server.host": args.host, "server.port": args.port})
+        overrides.update(
+            {
+                "cluster.role": args.role,
+                "cluster.redis_url": args.redis_url,
+                "cluster.processes": args.processes,
+            }
+        )
     try:
         settings = load_settings(config, os.environ, overrides)
     except SettingsError as exc:
@@ -106,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings)
     if args.command == "replay":
         return _replay(settings, args)
+    if settings.cluster.role is Role.WORKER and settings.cluster.processes > 1:
+        return asyncio.run(supervise(settings, config, os.environ))
     # Every connection is a file: take all the open files this process may have.
     open_files = raise_open_file_limit()
     # (The media path uses no BLAS routines, so numpy's OpenBLAS threads never wake up on
@@ -174,12 +202,25 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(settings: Settings, open_files: int | None) -> int:
+def _app(settings: Settings) -> tuple[web.Application, str]:
+    """The app this process's role serves, and what it serves (for the log)."""
+    role = settings.cluster.role
+    if role is Role.GATEWAY:
+        return create_gateway_app(settings, RedisRegistry.connect(settings.cluster)), "gateway"
     engine = _engine(settings, settings.engine.replicas)
     pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
+    worker = None
+    if role is Role.WORKER:
+        worker = ClusterWorker(settings, RedisRegistry.connect(settings.cluster))
+    app = create_app(settings, pool, worker)
+    what = f"engine {engine.info.name}"
+    return app, f"{what} as worker {worker.worker_id}" if worker else what
+
+
+async def _run(settings: Settings, open_files: int | None) -> int:
     try:
-        app = create_app(settings, pool)
-    except (FileNotFoundError, PatchedVersionError) as exc:
+        app, what = _app(settings)
+    except (FileNotFoundError, PatchedVersionError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     max_connections = fit_to_open_files(
@@ -206,7 +247,7 @@ async def _run(settings: Settings, open_files: int | None) -> int:
     host = settings.server.host
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     port = runner.addresses[0][1] if runner.addresses else settings.server.port
-    log.info("omnirtc serving engine %s: open http://%s:%s/ to call", engine.info.name, shown, port)
+    log.info("omnirtc serving %s: open http://%s:%s/ to call", what, shown, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -15,8 +15,10 @@ from realtime.patches import install_patches
 from signaling import handlers
 from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
 from signaling.body_timeout import body_timeout_middleware
+from signaling.cluster.worker import ClusterWorker
 from signaling.cors import CorsPolicy, cors_middleware
 from signaling.errors import MAX_BODY_BYTES, error_middleware
+from signaling.metrics import METRICS, Metrics, default_worker_name, metrics_handler
 from signaling.sessions import CallManager
 from signaling.settings import Settings
 
@@ -25,12 +27,20 @@ log = logging.getLogger(__name__)
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
-def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
-    """Build the app; the engine pool warms up in the background once it starts."""
+def create_app(
+    settings: Settings, pool: ReplicaPool, worker: ClusterWorker | None = None
+) -> web.Application:
+    """Build the app; the engine pool warms up in the background once it starts.
+    With ``worker`` it is a cluster worker: it registers in Redis and takes the calls
+    gateways place on it."""
     install_patches()
     web_dir = Path(settings.server.web_dir) if settings.server.web_dir else DEFAULT_WEB_DIR
     if not (web_dir / "index.html").is_file():
         raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
+    # issue 10: metrics, and the cluster worker's admission check, registry and hooks
+    metrics = Metrics(worker.worker_id if worker else default_worker_name())
+    extra = [metrics.middleware] + ([worker.middleware] if worker else [])
+    hooks = (metrics, worker) if worker else (metrics,)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         # Outermost first: CORS headers go on every answer, errors included; the body
@@ -38,20 +48,27 @@ def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
         middlewares=[
             cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
             error_middleware,
+            *extra,
             body_timeout_middleware(settings.server.body_timeout_s),
         ],
     )
     app[MAX_BODY_BYTES] = settings.server.max_body_bytes
     app[SETTINGS] = settings
     app[POOL] = pool
-    app[CALLS] = CallManager(settings, pool, LoopClock())
+    app[CALLS] = CallManager(settings, pool, LoopClock(), hooks)
     app[WEB_DIR] = web_dir
+    app[METRICS] = metrics
+    metrics.refresh = _gauges(metrics, pool, app[CALLS])
     app.cleanup_ctx.append(_lifetime)
+    app.cleanup_ctx.append(metrics.lifetime)
+    if worker is not None:
+        app.cleanup_ctx.append(worker.lifetime)  # left first at shutdown: no new calls
     app.router.add_post("/v1/calls", handlers.create_call)
     app.router.add_get("/v1/calls/{call_id}", handlers.get_call)
     app.router.add_delete("/v1/calls/{call_id}", handlers.delete_call)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/", handlers.index)
     app.router.add_static("/static/", web_dir, follow_symlinks=False)
     return app
@@ -69,6 +86,19 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         warmup.cancel()
         calls.stop_all("server_shutdown")
     await pool.stop()
+
+
+def _gauges(
+    metrics: Metrics, pool: ReplicaPool, calls: CallManager
+) -> Callable[[], Awaitable[None]]:
+    async def refresh() -> None:
+        worker = metrics.worker
+        metrics.active.labels(worker).set(calls.active)
+        metrics.queue.labels(worker).set(pool.queued)
+        metrics.replicas.labels(worker).set(pool.size)
+        metrics.replicas_free.labels(worker).set(pool.free)
+
+    return refresh
 
 
 async def _warm_up(pool: ReplicaPool) -> None:

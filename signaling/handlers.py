@@ -17,6 +17,7 @@ from realtime.audio import decode_voice
 from realtime.errors import InvalidVoice
 from signaling.app_keys import CALLS, POOL, WEB_DIR
 from signaling.errors import ApiError
+from signaling.hooks import CLAIMED_CALL_ID
 from signaling.messages import CallAnswer, CallRequest
 
 
@@ -33,7 +34,8 @@ async def create_call(request: web.Request) -> web.Response:
         offer, voice = await asyncio.to_thread(_parse, raw)
     else:
         offer, voice = _parse(raw)
-    admitted = await request.app[CALLS].create(offer, voice)
+    # issue 10: a cluster worker names the call as the gateway that placed it did
+    admitted = await request.app[CALLS].create(offer, voice, request.get(CLAIMED_CALL_ID))
     answer = CallAnswer(call_id=admitted.call_id, sdp=admitted.answer_sdp)
     return web.json_response(
         answer.model_dump(),

@@ -25,6 +25,8 @@ from realtime.clock import Clock
 from realtime.errors import CallError, EngineBusy, EngineUnavailableError
 from realtime.session import Call, CallMode
 from signaling.errors import ApiError, busy, from_call_error
+from signaling.hooks import CallHooks
+from signaling.logctx import bind_call_id
 from signaling.messages import CallRequest
 from signaling.settings import Settings
 
@@ -38,6 +40,10 @@ _RETRY_AFTER_S = 5
 class Admitted:
     call_id: str
     answer_sdp: str
+
+
+def new_call_id() -> str:
+    return "call_" + secrets.token_hex(8)
 
 
 class PoolEngineSource:
@@ -91,8 +97,15 @@ class PoolEngineSource:
 
 
 class CallManager:
-    def __init__(self, settings: Settings, pool: ReplicaPool, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ReplicaPool,
+        clock: Clock,
+        hooks: tuple[CallHooks, ...] = (),  # issue 10: metrics, cluster registry
+    ) -> None:
         self._settings = settings
+        self._hooks = hooks
         self._pool = pool
         self._clock = clock
         self._calls: dict[str, Call] = {}
@@ -113,7 +126,12 @@ class CallManager:
         """Run calls in ``tasks`` (the app's lifetime TaskGroup)."""
         self._tasks = tasks
 
-    async def create(self, request: CallRequest, voice: NDArray[np.float32] | None) -> Admitted:
+    async def create(
+        self,
+        request: CallRequest,
+        voice: NDArray[np.float32] | None,
+        call_id: str | None = None,  # issue 10: a gateway names the calls it places here
+    ) -> Admitted:
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
         mode = CallMode(request.session.mode)
@@ -141,8 +159,10 @@ class CallManager:
                 voice=voice,
             )
             source = PoolEngineSource(self._pool, ticket, config)
+        if call_id in self._calls or call_id in self._ended:  # issue 10
+            raise ApiError(409, "call_exists", f"a call with id {call_id!r} exists already")
         self._admitting += 1
-        call_id = "call_" + secrets.token_hex(8)
+        call_id = call_id or new_call_id()
         call = Call(
             call_id,
             mode,
@@ -164,11 +184,14 @@ class CallManager:
             self._admitting -= 1
         self._calls[call_id] = call
         self.total_calls += 1
+        for hook in self._hooks:  # issue 10
+            hook.admitted(call, source is not None and source.queued)
         self._tasks.create_task(self._run(call, source), name=f"call:{call_id}")
         log.info("call admitted", extra={"call_id": call_id, "mode": mode.value})
         return Admitted(call_id, answer)
 
     async def _run(self, call: Call, source: PoolEngineSource | None) -> None:
+        bind_call_id(call.call_id)  # issue 10: on every log line of the call's tasks
         try:
             await call.run(source)
         except Exception:
@@ -178,6 +201,11 @@ class CallManager:
             self._ended[call.call_id] = call.snapshot()
             while len(self._ended) > _ENDED_KEPT:
                 self._ended.popitem(last=False)
+            for hook in self._hooks:  # issue 10
+                try:
+                    await hook.ended(call)
+                except Exception:
+                    log.exception("a hook failed on the end of call %s", call.call_id)
 
     def snapshot(self, call_id: str) -> dict[str, Any]:
         call = self._calls.get(call_id)
@@ -201,6 +229,10 @@ class CallManager:
                 await call.finished.wait()
         except TimeoutError:
             log.warning("call %s still ending after %.0f s", call_id, wait_s)
+
+    def live_ids(self) -> list[str]:
+        """Ids of the calls this process holds now (issue 10: the worker heartbeat)."""
+        return list(self._calls)
 
     def stop_all(self, reason: str) -> None:
         for call in list(self._calls.values()):

@@ -149,9 +149,16 @@ class RedisRegistry:
         except (RedisError, OSError) as exc:
             raise RegistryUnavailable(f"Redis: {exc}") from exc
 
-    async def claim(self, call_id: str, max_queue: int) -> Claim:
-        """Atomically take a free slot, else a queue place, for ``call_id``."""
-        args = [self.prefix, call_id, max_queue, OWNER_TTL_S * 1000]
+    async def claim(self, call_id: str, max_queue: int, exclude: Collection[str] = ()) -> Claim:
+        """Atomically take a free slot, else a queue place, for ``call_id`` (on a worker
+        not in ``exclude``)."""
+        args: list[str | int | float] = [
+            self.prefix,
+            call_id,
+            max_queue,
+            OWNER_TTL_S * 1000,
+            *exclude,
+        ]
         kind, worker_id, url, position, queued = await self._run(self._claim, args)
         return Claim(Placement(kind), call_id, worker_id, url, int(position), int(queued))
 
@@ -164,7 +171,7 @@ class RedisRegistry:
 
     async def release(self, worker_id: str, call_id: str) -> bool:
         """Free the call's slot or queue place; False when it held none."""
-        args = [self.prefix, worker_id, call_id, ENDED_TTL_S * 1000]
+        args: list[str | int | float] = [self.prefix, worker_id, call_id, ENDED_TTL_S * 1000]
         return bool(await self._run(self._release, args))
 
     async def owner(self, call_id: str) -> str | None:
@@ -184,7 +191,7 @@ class RedisRegistry:
         """Every live worker (or those of ``ids`` still alive)."""
         try:
             if ids is None:
-                ids = sorted(await self._redis.smembers(f"{self.prefix}:workers"))
+                ids = sorted(str(i) for i in await self._redis.smembers(f"{self.prefix}:workers"))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for worker_id in ids:
                     pipe.hgetall(f"{self.prefix}:w:{worker_id}")

@@ -18,6 +18,8 @@ local p, call = ARGV[1], ARGV[2]
 local max_queue, owner_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local excluded = {}
+for i = 5, #ARGV do excluded[ARGV[i]] = true end
 local ids = redis.call('SMEMBERS', p .. ':workers')
 local best, best_free, q_best, q_load = nil, 0, nil, nil
 local queued_total = 0
@@ -30,7 +32,7 @@ for _, id in ipairs(ids) do
     local used = redis.call('HLEN', p .. ':c:' .. id)
     local queued = math.max(0, used - slots)
     queued_total = queued_total + queued
-    if w[3] == '1' and slots > 0 then
+    if w[3] == '1' and slots > 0 and not excluded[id] then
       local free = slots - used
       if free > best_free then
         best, best_free = id, free
@@ -59,7 +61,7 @@ if kind == 'queued' then
 end
 return {kind, id, w[1], position, queued_total}
 """
-"""ARGV: prefix, call id, cluster max queue, owner TTL (ms).
+"""ARGV: prefix, call id, cluster max queue, owner TTL (ms), then worker ids to pass over.
 Returns [kind ('slot' | 'queued' | 'full'), worker id, worker url, queue position,
 calls queued in the cluster].  A free slot goes to the ready worker with the most free
 slots; with none free, a queue place on the worker with the shortest queue per slot."""

@@ -180,3 +180,34 @@ async def test_counters_add_up() -> None:
     buf.clear()
     assert (buf.played, buf.dropped, buf.cleared) == (2 * FRAME, FRAME, 10_000 - 3 * FRAME)
     assert buf.played + buf.dropped + buf.cleared == 10_000
+
+
+async def test_speech_running_dry_mid_stream_counts_as_an_underrun() -> None:
+    buf = PlayoutBuffer(1000, 4000)  # 1 kHz: 20-sample frames are 20 ms
+    await buf.push(np.ones(40, dtype=np.int16))
+    assert buf.pull(20) is not None
+    assert buf.pull(20) is not None
+    for _ in range(10):  # 200 ms of silence: the engine's next speech is late
+        assert buf.pull(20) is None
+    await buf.push(np.ones(40, dtype=np.int16))
+    assert buf.pull(20) is not None
+    assert buf.underruns == 1
+    assert buf.pull(20) is not None
+    assert buf.underruns == 1  # once per gap, not per frame
+
+
+async def test_a_long_pause_or_a_barge_in_is_not_an_underrun() -> None:
+    buf = PlayoutBuffer(1000, 4000)
+    await buf.push(np.ones(20, dtype=np.int16))
+    assert buf.pull(20) is not None
+    for _ in range(50):  # 1 s of silence: that reply had ended
+        buf.pull(20)
+    await buf.push(np.ones(20, dtype=np.int16))
+    assert buf.pull(20) is not None
+    await buf.push(np.ones(20, dtype=np.int16))
+    assert buf.pull(20) is not None
+    assert buf.pull(20) is None
+    buf.clear()  # barge-in, then the next reply
+    await buf.push(np.ones(20, dtype=np.int16))
+    assert buf.pull(20) is not None
+    assert buf.underruns == 0

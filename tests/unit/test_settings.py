@@ -14,6 +14,7 @@ from omni.lite.config import LiteConfig
 from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
+from signaling.cluster.config import ClusterSettings
 from signaling.settings import (
     EngineSettings,
     LoggingSettings,
@@ -387,6 +388,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "engine.minicpmo",
         "engine.llamacpp",
         "logging",
+        "cluster",
     }
     assert (
         len(keys)
@@ -402,6 +404,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 LiteConfig,
                 MiniCPMOConfig,
                 LlamaCppConfig,
+                ClusterSettings,
             )
         )
         + len(dataclasses.fields(EngineSettings))

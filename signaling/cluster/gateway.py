@@ -1,0 +1,186 @@
+"""The gateway role's app: takes offers and routes each call to a worker (no media here).
+
+It serves the same call API as a single process (``POST /v1/calls``, ``GET``/``DELETE
+/v1/calls/{id}``), the call page, ``/healthz``, ``/readyz`` (ready while Redis answers and a
+worker is ready) and ``/metrics`` (its admissions, plus every worker's slots as the registry
+sees them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import Counter, Gauge, Histogram
+
+from signaling import handlers
+from signaling.app import DEFAULT_WEB_DIR
+from signaling.app_keys import SETTINGS, WEB_DIR
+from signaling.body_timeout import body_timeout_middleware
+from signaling.cluster.registry import Claim, RedisRegistry, RegistryUnavailable
+from signaling.cluster.router import Relayed, Router, check_offer_off_loop
+from signaling.cors import CorsPolicy, cors_middleware
+from signaling.errors import MAX_BODY_BYTES, ApiError, error_middleware
+from signaling.metrics import (
+    ADMISSION_BUCKETS,
+    METRICS,
+    Metrics,
+    default_worker_name,
+    metrics_handler,
+)
+from signaling.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUTER = web.AppKey("router", Router)
+
+
+class GatewayMetrics:
+    """What only a gateway sees: claim round trips, where calls went, the cluster's slots."""
+
+    def __init__(self, metrics: Metrics, registry: RedisRegistry) -> None:
+        r, w = metrics.registry, ("worker",)
+        self._metrics = metrics
+        self._registry = registry
+        self._claim_s = Histogram(
+            "omnirtc_registry_claim_seconds",
+            "Round trip of one atomic slot claim in Redis",
+            w,
+            buckets=ADMISSION_BUCKETS,
+            registry=r,
+        )
+        self._placed = Counter(
+            "omnirtc_calls_placed",
+            "Calls this gateway placed, by worker and placement (slot, queued)",
+            [*w, "target", "placement"],
+            registry=r,
+        )
+        self._workers = Gauge("omnirtc_cluster_workers", "Live workers", w, registry=r)
+        self._slots = Gauge(
+            "omnirtc_cluster_slots", "Replica slots per worker", [*w, "target"], registry=r
+        )
+        self._used = Gauge(
+            "omnirtc_cluster_slots_used",
+            "Slots and queue places claimed per worker",
+            [*w, "target"],
+            registry=r,
+        )
+        self._queued = Gauge(
+            "omnirtc_cluster_queue_length", "Calls waiting across the cluster", w, registry=r
+        )
+        self._up = Gauge("omnirtc_registry_up", "Whether Redis answered", w, registry=r)
+
+    def claimed(self, claim: Claim, seconds: float) -> None:
+        worker = self._metrics.worker
+        self._claim_s.labels(worker).observe(seconds)
+        if claim.worker_id:
+            self._placed.labels(worker, claim.worker_id, claim.placement.value).inc()
+
+    async def refresh(self) -> None:
+        worker = self._metrics.worker
+        try:
+            workers = await self._registry.workers()
+        except RegistryUnavailable:
+            self._up.labels(worker).set(0)
+            return
+        self._up.labels(worker).set(1)
+        self._workers.labels(worker).set(len(workers))
+        self._slots.clear()
+        self._used.clear()
+        for info in workers:
+            self._slots.labels(worker, info.worker_id).set(info.slots)
+            self._used.labels(worker, info.worker_id).set(info.used)
+        self._queued.labels(worker).set(sum(w.queued for w in workers))
+
+
+def create_gateway_app(
+    settings: Settings, registry: RedisRegistry, name: str | None = None
+) -> web.Application:
+    """The gateway's app (``name``: its name in metrics; default gateway-<host>-<port>)."""
+    web_dir = Path(settings.server.web_dir) if settings.server.web_dir else DEFAULT_WEB_DIR
+    if not (web_dir / "index.html").is_file():
+        raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
+    name = name or settings.cluster.worker_id or f"gateway-{default_worker_name()}"
+    metrics = Metrics(name)
+    gateway_metrics = GatewayMetrics(metrics, registry)
+    metrics.refresh = gateway_metrics.refresh
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[
+            cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
+            error_middleware,
+            metrics.middleware,
+            body_timeout_middleware(settings.server.body_timeout_s),
+        ],
+    )
+    app[MAX_BODY_BYTES] = settings.server.max_body_bytes
+    app[SETTINGS] = settings
+    app[WEB_DIR] = web_dir
+    app[METRICS] = metrics
+    app[ROUTER] = Router(registry, settings.cluster, gateway_metrics.claimed)
+    app.cleanup_ctx.append(_lifetime)
+    app.router.add_post("/v1/calls", create_call)
+    app.router.add_get("/v1/calls/{call_id}", call_request)
+    app.router.add_delete("/v1/calls/{call_id}", call_request)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/", handlers.index)
+    app.router.add_static("/static/", web_dir, follow_symlinks=False)
+    return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    router = app[ROUTER]
+    await router.start()
+    yield
+    await router.close()
+    await router.registry.close()
+
+
+def _response(relayed: Relayed) -> web.Response:
+    return web.Response(body=relayed.body, status=relayed.status, headers=relayed.headers)
+
+
+async def create_call(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the offer as application/json, not {request.content_type or 'nothing'}",
+        )
+    raw = await request.read()
+    await check_offer_off_loop(raw)
+    return _response(await request.app[ROUTER].place(raw, "application/json"))
+
+
+async def call_request(request: web.Request) -> web.Response:
+    call_id = request.match_info["call_id"]
+    router = request.app[ROUTER]
+    return _response(await router.to_call(call_id, request.method, request.path))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    try:
+        workers = await router.registry.workers()
+    except RegistryUnavailable as exc:
+        body = {"ready": False, "role": "gateway", "error": str(exc)}
+        return web.json_response(body, status=503)
+    ready = [w for w in workers if w.ready]
+    body = {
+        "ready": bool(ready),
+        "role": "gateway",
+        "workers": len(workers),
+        "workers_ready": len(ready),
+        "replicas": sum(w.slots for w in ready),
+        "replicas_free": sum(w.free for w in ready),
+        "queued": sum(w.queued for w in workers),
+        "max_queue": router.settings.max_queue,
+        "engines": sorted({w.engine for w in ready}),
+    }
+    if not ready:
+        body["error"] = "no worker is ready"
+    return web.json_response(body, status=200 if ready else 503)
