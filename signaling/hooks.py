@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from aiohttp import web
+
 from realtime.session import Call
 
 
@@ -21,6 +23,6 @@ class CallHooks(Protocol):
         ...
 
 
-CLAIMED_CALL_ID = "omnirtc.claimed_call_id"
+CLAIMED_CALL_ID = web.RequestKey("claimed_call_id", str)
 """Request key: the id a gateway gave the call it placed on this worker (the worker's
 admission middleware sets it once it has checked the claim in Redis)."""
