@@ -5,8 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 # Debian packages the test suite needs: a real browser, `ip`/`unshare` for a private network
-# namespace, and iptables for a NAT inside it (a published address, as from a container).
-TEST_DEBS := chromium iproute2 util-linux iptables
+# namespace, iptables for a NAT inside it (a published address, as from a container), and
+# redis-server for the cluster tests (tests/redis: each starts its own on a loopback port).
+TEST_DEBS := chromium iproute2 util-linux iptables redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: serve test lint unit install install-dev system-deps lock clean
