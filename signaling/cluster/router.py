@@ -37,7 +37,11 @@ _PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
 class WorkerUnreachable(RuntimeError):
-    pass
+    def __init__(self, message: str, delivered: bool) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+        """Whether the request may have reached the worker (it timed out or broke off
+        after it was sent) rather than never connecting."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,13 @@ class Router:
                     call_id=call_id,
                 )
             except WorkerUnreachable as exc:
+                if exc.delivered:
+                    # The worker may have admitted the call: its claim stays (the worker's
+                    # heartbeat frees it if no call took it), and no other worker gets this id.
+                    log.warning("worker %s did not answer: %s", claim.worker_id, exc)
+                    raise ApiError(
+                        504, "worker_timeout", "the worker did not answer the offer in time"
+                    ) from None
                 log.warning(
                     "worker %s unreachable, trying another: %s",
                     claim.worker_id,
@@ -209,8 +220,12 @@ class Router:
                 data = await r.read()
                 kept = {k: r.headers[k] for k in _RELAYED_HEADERS if k in r.headers}
                 return Relayed(r.status, data, kept)
+        except aiohttp.ClientConnectorError as exc:
+            raise WorkerUnreachable(f"{base}: {exc}", delivered=False) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise WorkerUnreachable(f"{base}: {exc or type(exc).__name__}") from None
+            raise WorkerUnreachable(
+                f"{base}: {exc or type(exc).__name__}", delivered=True
+            ) from None
 
 
 def check_offer(raw: bytes) -> CallRequest:

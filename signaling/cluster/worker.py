@@ -73,6 +73,8 @@ class ClusterWorker:
         self._started: dict[str, float] = {}
         self._call_s = _CALL_S_START
         self._serving = False
+        self._left = False
+        """Deregistered (shutting down): the registry no longer holds our slots."""
         self.reachable: bool | None = None
         """Whether the last heartbeat reached Redis (None before the first)."""
 
@@ -129,6 +131,8 @@ class ClusterWorker:
         await self._release(call.call_id)
 
     async def _release(self, call_id: str) -> None:
+        if self._left:
+            return  # our slots left the registry with us
         try:
             async with asyncio.timeout(self.cluster.redis_timeout_s):
                 await self.registry.release(self.worker_id, call_id)
@@ -149,21 +153,27 @@ class ClusterWorker:
         self._serving = False
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        self._left = True
         try:
             async with asyncio.timeout(self.cluster.redis_timeout_s):
                 await self.registry.deregister(self.worker_id)
         except (RegistryUnavailable, TimeoutError) as exc:
             log.warning("could not leave the registry (its entry expires): %s", exc)
+        # The calls still running end after this (the app's call context is left next).
         await self.registry.close()
 
     def info(self, pool: ReplicaPool) -> dict[str, str | int | float]:
+        # What this process can take: replicas (up to server.max_calls), and queue places
+        # within both the pool's queue and the calls left under server.max_calls.
+        max_calls = self.settings.server.max_calls
+        slots = min(pool.size, max_calls)
         return {
             "url": self.url,
             "engine": pool.info.name,
-            "slots": pool.size,
+            "slots": slots,
             "free": pool.free,
             "queued": pool.queued,
-            "max_queue": pool.max_queue,
+            "max_queue": max(0, min(pool.max_queue, max_calls - slots)),
             "ready": int(pool.ready and self._serving),
             "media": self.media,
             "call_s": round(self._call_s, 1),

@@ -45,23 +45,28 @@ class Cluster:
         self._processes: list[asyncio.subprocess.Process] = []
 
     async def gateway(self, **overrides: Any) -> str:
-        settings = cluster_settings(self.redis, cluster__role="gateway", **overrides)
+        # (Settings are validated off the loop: pydantic's schema building takes a while.)
+        settings = await asyncio.to_thread(
+            cluster_settings, self.redis, cluster__role="gateway", **overrides
+        )
         app = create_gateway_app(settings, RedisRegistry.connect(settings.cluster), "gw")
         return await self._serve(app, free_port())
 
-    async def worker(self, name: str, calls: int = 1, **overrides: Any) -> str:
-        """An in-process worker with ``calls`` echo replicas; returns its URL."""
+    async def worker(self, name: str, calls: int = 1, queue: int = 0, **overrides: Any) -> str:
+        """An in-process worker with ``calls`` echo replicas and room for ``queue`` calls
+        waiting for one; returns its URL."""
         port = free_port()
-        settings = cluster_settings(
+        settings = await asyncio.to_thread(
+            cluster_settings,
             self.redis,
             cluster__role="worker",
             cluster__worker_id=name,
             cluster__advertise_url=f"http://127.0.0.1:{port}",
-            server__max_calls=calls,
-            engine__max_queue=0,
+            server__max_calls=calls + queue,
+            engine__max_queue=queue,
             **overrides,
         )
-        engine = build_engine("echo", calls, calls, settings.engine.configs())
+        engine = build_engine("echo", calls, calls + queue, settings.engine.configs())
         pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
         worker = ClusterWorker(settings, RedisRegistry.connect(settings.cluster))
         return await self._serve(create_app(settings, pool, worker), port)

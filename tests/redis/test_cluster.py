@@ -19,7 +19,7 @@ from signaling.cluster.registry import RedisRegistry
 from tests.redis.cluster import Cluster, post_offer, ready, wait_workers
 from tests.support.caller import Caller, make_offer
 from tests.support.loop_watch import LoopWatch
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 
 
 @pytest.fixture
@@ -103,6 +103,54 @@ async def test_a_bad_offer_through_the_gateway_is_refused_and_frees_nothing(
     assert (await ready(http, gateway))["replicas_free"] == 1
     async with http.get(f"{gateway}/v1/calls/call_0123456789abcdef") as r:
         assert r.status == 404
+
+
+async def test_a_worker_that_cannot_be_reached_is_passed_over(
+    cluster: Cluster, http: aiohttp.ClientSession, registry: RedisRegistry
+) -> None:
+    await cluster.worker("w1", calls=1)
+    # A registration whose process is gone (nothing listens there), and which has the most
+    # free slots, so it is picked first.
+    ghost = {"url": f"http://127.0.0.1:{free_port()}", "slots": 5, "max_queue": 0, "ready": 1}
+    await registry.heartbeat("ghost", ghost, [], ttl_s=60, grace_s=60)
+    gateway = await cluster.gateway()
+    await wait_workers(http, gateway, 2)
+    status, body, _ = await post_offer(http, gateway, await make_offer())
+    assert status == 201, body
+    assert await registry.owner(body["call_id"]) == "w1"
+    used = {w.worker_id: w.used for w in await registry.workers()}
+    assert used == {"ghost": 0, "w1": 1}  # the ghost's claim was given back
+
+
+async def test_a_full_cluster_queues_calls_with_position_and_eta_then_refuses(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    await cluster.worker("w1", calls=1, queue=2)
+    gateway = await cluster.gateway(cluster__max_queue=1)  # the cluster's limit is lower
+    await wait_workers(http, gateway, 1)
+    first, second = Caller(gateway), Caller(gateway)
+    try:
+        await first.call(http)
+        body = await second.call(http)
+        assert body["queue"]["position"] == 1
+        assert body["queue"]["queue_length"] == 1
+        assert body["queue"]["estimated_wait_s"] > 0
+        queued = await second.wait_for("session.queued", 5)
+        assert queued[0]["position"] == 1
+        status, refused, headers = await post_offer(http, gateway, await make_offer())
+        assert (status, refused["error"]["code"]) == (503, "busy")
+        assert "1 calls wait" in refused["error"]["message"]
+        assert int(headers["Retry-After"]) > 0
+        body = await ready(http, gateway)
+        assert (body["replicas_free"], body["queued"]) == (0, 1)
+        async with http.delete(f"{gateway}/v1/calls/{first.call_id}") as r:
+            assert r.status == 204
+        await second.wait_for("session.queue_done", 5)  # the freed replica went to it
+        body = await ready(http, gateway)
+        assert (body["replicas_free"], body["queued"]) == (0, 0)
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_a_worker_killed_mid_call_frees_its_slots_and_spares_other_calls(
