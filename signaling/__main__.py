@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -144,10 +145,7 @@ which some systems refuse)."""
 
 def _engine(settings: Settings, replicas: int) -> Engine:
     return build_engine(
-        settings.engine.name,
-        replicas,
-        settings.server.max_calls,
-        settings.engine.configs(),
+        dataclasses.replace(settings.engine, replicas=replicas), settings.server.max_calls
     )
 
 

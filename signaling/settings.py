@@ -25,11 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from omni.api import require
-from omni.echo import EchoConfig
-from omni.engines import ENGINE_NAMES, EngineConfigs
-from omni.lite.config import LiteConfig
-from omni.llamacpp.config import LlamaCppConfig
-from omni.minicpmo.config import MiniCPMOConfig
+from omni.engines import EngineSettings
 from realtime.config import CallConfig, PeerConfig
 
 ENV_PREFIX = "OMNIRTC_"
@@ -97,30 +93,6 @@ def _is_origin(text: str) -> bool:
         and "@" not in parts.netloc
         and (port is None or parts.netloc.endswith(f":{port}"))
     )
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    name: str = "auto"
-    replicas: int = 0
-    """Model replicas (engine calls served at once); 0 = the engine's default."""
-    max_queue: int = 4
-    """Calls that may wait for a free replica; more are refused with 503."""
-    echo: EchoConfig = field(default_factory=EchoConfig)
-    lite: LiteConfig = field(default_factory=LiteConfig)
-    minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
-    llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
-
-    def configs(self) -> EngineConfigs:
-        """Every engine's settings, as omni.engines.build_engine takes them."""
-        return EngineConfigs(
-            echo=self.echo, lite=self.lite, minicpmo=self.minicpmo, llamacpp=self.llamacpp
-        )
-
-    def __post_init__(self) -> None:
-        require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")
-        require(0 <= self.replicas <= 64, "replicas must be 0..64")
-        require(0 <= self.max_queue <= 1000, "max_queue must be 0..1000")
 
 
 @dataclass(frozen=True, slots=True)

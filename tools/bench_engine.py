@@ -19,6 +19,7 @@ from --question WAV files (16-bit, any rate).  For MiniCPM-o on a GPU:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import sys
 import time
@@ -89,12 +90,7 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="do not pace units at 1 per second")
     args = parser.parse_args()
     settings = load_settings(args.config, overrides={"engine.name": args.engine})
-    engine = build_engine(
-        settings.engine.name,
-        1,
-        1,
-        settings.engine.configs(),
-    )
+    engine = build_engine(dataclasses.replace(settings.engine, replicas=1), 1)
     questions = spoken_questions(args.question)
     began = time.perf_counter()
     replica = engine.create_replica(0)

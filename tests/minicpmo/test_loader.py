@@ -175,8 +175,8 @@ def test_auto_picks_minicpmo_only_when_it_can_run(monkeypatch: pytest.MonkeyPatc
     from omni import engines
 
     monkeypatch.setattr(loader, "available", lambda config: (False, "no GPU"))
-    picked = engines.resolve("auto", engines.EngineConfigs())
+    picked = engines.resolve("auto", engines.EngineSettings())
     assert picked == ("lite" if not engines.missing_lite_packages() else "echo")
     monkeypatch.setattr(loader, "available", lambda config: (True, ""))
-    assert engines.resolve("auto", engines.EngineConfigs()) == "minicpmo"
-    assert engines.resolve("echo", engines.EngineConfigs()) == "echo"
+    assert engines.resolve("auto", engines.EngineSettings()) == "minicpmo"
+    assert engines.resolve("echo", engines.EngineSettings()) == "echo"
