@@ -23,7 +23,7 @@ import numpy as np
 
 from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, EngineSource
 from omni.errors import EngineError
-from realtime.audio import WIRE_RATE, Converted, InboundAudio, pcm_frame
+from realtime.audio import WIRE_RATE, Converted, InboundAudio
 from realtime.clock import Clock
 from realtime.config import CallConfig, PeerConfig
 from realtime.errors import CallError, describe
@@ -142,7 +142,8 @@ class Call:
         return CallState.ACTIVE if self.peer.connected.is_set() else CallState.CONNECTING
 
     async def negotiate(self, offer_sdp: str) -> str:
-        source = self.relay.next_frame if self.mode is CallMode.LOOPBACK else self._next_out_frame
+        loopback = self.mode is CallMode.LOOPBACK
+        source = self.relay.next_frame if loopback else self.pacer.next_wire_frame
         return await self.peer.answer(offer_sdp, source)
 
     def stop(self, reason: str) -> None:
@@ -277,12 +278,6 @@ class Call:
                 self.events.send(SpeechStopped(at_ms=event.at_ms))
         if self.vad.speaking:
             self.responder.voice(self.vad.voiced_ms)
-
-    # ------------------------------------------------------------ outbound
-
-    async def _next_out_frame(self) -> Any:
-        frame = await self.pacer.next_frame()
-        return pcm_frame(frame.samples, frame.pts)
 
     # ------------------------------------------------------------ events
 
