@@ -35,11 +35,17 @@ _ENDED_KEPT = 256
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
+    """A call that was admitted and negotiated."""
+
     call_id: str
+    """``call_`` + 16 random hex digits."""
     answer_sdp: str
 
 
 class CallManager:
+    """Admits calls, runs each in the app's TaskGroup, and keeps the snapshots of the last
+    ended ones.  Every method raises ApiError (with the HTTP status to answer) on refusal."""
+
     def __init__(self, settings: Settings, pool: ReplicaPool, clock: Clock) -> None:
         self._settings = settings
         self._pool = pool
@@ -63,6 +69,11 @@ class CallManager:
         self._tasks = tasks
 
     async def create(self, request: CallRequest, voice: NDArray[np.float32] | None) -> Admitted:
+        """Admit, negotiate and start a call; ``voice`` is a 16 kHz mono float32 clip.
+
+        Raises ApiError: 503 ``busy`` (with Retry-After) at the call limit or with the engine
+        queue full, 503 ``not_ready`` while the engine warms up, 400 for an offer that cannot
+        be answered (``invalid_sdp``, ``unsupported_codec``)."""
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
         mode = CallMode(request.session.mode)
