@@ -24,6 +24,7 @@ from omni.errors import EngineBusy, EngineError, EngineUnavailable
 __all__ = [
     "INPUT_RATE",
     "MAX_FRAME_SIDE",
+    "MAX_STEP_AUDIO_SAMPLES",
     "OUTPUT_RATE",
     "OUTPUT_UNIT_SAMPLES",
     "UNIT_MS",
@@ -44,6 +45,7 @@ __all__ = [
     "SessionConfig",
     "StepResult",
     "Unit",
+    "check_result",
     "require",
     "silence",
 ]
@@ -222,10 +224,41 @@ class EngineSource(Protocol):
         (the replica could not open a session)."""
         ...
 
-    async def close(self, binding: EngineBinding | None) -> None:
+    async def close(
+        self, binding: EngineBinding | None, broken: str | None = None, *, hung: bool = False
+    ) -> None:
         """Close the session (full cleanup, on the replica's thread) if one was opened, and
-        give the replica or the place in the queue back.  Idempotent."""
+        give the replica or the place in the queue back.  ``broken`` (the reason) asks for
+        the replica to be rebuilt; ``hung``: its thread is stuck in a step, so the session is
+        not closed there and the replica is rebuilt on a fresh thread."""
         ...
+
+
+MAX_STEP_AUDIO_SAMPLES = 4 * OUTPUT_UNIT_SAMPLES
+"""Most speech one step may return (4 s at 24 kHz); more is a broken engine."""
+
+
+def check_result(result: object) -> StepResult:
+    """``result`` if it keeps the contract; raises EngineError saying what is wrong (a step
+    that returns this counts as a failed step)."""
+    if not isinstance(result, StepResult):
+        raise EngineError(f"the step returned {type(result).__name__}, not a StepResult")
+    if not isinstance(result.listen, bool | np.bool_):
+        raise EngineError("StepResult.listen is not a bool")
+    if not isinstance(result.text, str) or not isinstance(result.heard, str):
+        raise EngineError("StepResult.text and .heard must be str")
+    audio = result.audio
+    if audio is not None:
+        if not isinstance(audio, np.ndarray) or audio.dtype != np.float32 or audio.ndim != 1:
+            raise EngineError("StepResult.audio must be a 1-D float32 array (24 kHz mono)")
+        if audio.size > MAX_STEP_AUDIO_SAMPLES:
+            raise EngineError(f"StepResult.audio holds {audio.size} samples (at most 4 s)")
+        if not np.isfinite(audio).all():
+            raise EngineError("StepResult.audio holds NaN or infinite samples")
+    for name, value in result.timings.items():
+        if not isinstance(name, str) or not isinstance(value, int | float):
+            raise EngineError("StepResult.timings must map str to milliseconds")
+    return result
 
 
 def require(condition: bool, message: str) -> None:

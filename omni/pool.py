@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CALL_S = 120.0
 """Assumed length of a call before any has ended (the official demo's figure)."""
 _REPAIR_BACKOFF_S = (1.0, 5.0, 15.0, 60.0)
+CLOSE_TIMEOUT_S = 30.0
+"""A session cleanup still running after this long is hung (its replica is rebuilt)."""
 
 
 class QueueFull(EngineBusy):
@@ -66,6 +68,8 @@ class ReplicaSlot:
     thread: ReplicaThread
     busy: bool = False
     healthy: bool = True
+    abandoned: bool = False
+    """The replica's thread got stuck and was replaced: skip shutting the old replica down."""
 
 
 @dataclass(slots=True)
@@ -255,11 +259,19 @@ class ReplicaPool:
         elif waiter.future.done() and not waiter.future.cancelled():
             waiter.future.result().release()
 
-    def mark_broken(self, lease: Lease, why: str) -> None:
-        """Take a replica out of service (its cleanup failed) and rebuild it."""
+    def mark_broken(self, lease: Lease, why: str, *, hung: bool = False) -> None:
+        """Take a replica out of service and rebuild it.  ``hung``: its thread is stuck in a
+        call into the replica, so that thread is abandoned (it ends if the call ever
+        returns) and the replica is rebuilt on a new thread, without shutting the old one
+        down (that would race the stuck call; its memory is freed with it)."""
         slot = lease.slot
         slot.healthy = False
         log.error("replica %d taken out of service: %s", slot.index, why)
+        if hung:
+            stuck = slot.thread
+            slot.thread = ReplicaThread(f"{self.engine.info.name}-replica-{slot.index}")
+            slot.abandoned = True
+            stuck.shutdown(wait=False)
         if not self.healthy:
             for waiter in self._waiters:
                 if not waiter.future.done():
@@ -275,10 +287,12 @@ class ReplicaPool:
         loop = asyncio.get_running_loop()
         for attempt in range(1_000_000):
             old = slot.replica
-            try:
-                await loop.run_in_executor(slot.thread, old.shutdown)
-            except Exception:
-                log.exception("broken replica %d failed to shut down", slot.index)
+            if not slot.abandoned:
+                try:
+                    await loop.run_in_executor(slot.thread, old.shutdown)
+                except Exception:
+                    log.exception("broken replica %d failed to shut down", slot.index)
+            slot.abandoned = False
             try:
                 replica = await loop.run_in_executor(
                     slot.thread, self.engine.create_replica, slot.index
@@ -355,16 +369,23 @@ class PoolSource:
             raise EngineUnavailable(f"the engine could not open a session: {exc}") from None
         return EngineBinding(self._pool.info.name, session, lease.executor, lease.waited_s)
 
-    async def close(self, binding: EngineBinding | None) -> None:
+    async def close(
+        self, binding: EngineBinding | None, broken: str | None = None, *, hung: bool = False
+    ) -> None:
         lease = self._ticket.lease
         try:
-            if binding is not None:
+            if binding is not None and not hung:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(binding.executor, binding.session.close)
+                closing = loop.run_in_executor(binding.executor, binding.session.close)
+                try:
+                    await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+                except TimeoutError:
+                    broken, hung = f"session cleanup ran past {CLOSE_TIMEOUT_S:g} s", True
         except Exception as exc:
-            if lease is not None:
-                self._pool.mark_broken(lease, f"session cleanup failed: {exc}")
-                self._ticket.lease = None  # a broken replica is not handed back as free
+            broken = f"session cleanup failed: {exc}"
             raise
         finally:
+            if broken is not None and lease is not None:
+                self._pool.mark_broken(lease, broken, hung=hung)
+                self._ticket.lease = None  # a broken replica is not handed back as free
             self._ticket.cancel()

@@ -46,6 +46,12 @@ class EngineFailing(CallError):
     code = "engine_error"
 
 
+class EngineHung(CallError):
+    """A step ran past its deadline; the call ends and its replica is rebuilt."""
+
+    code = "engine_timeout"
+
+
 def leaves(exc: BaseException) -> list[BaseException]:
     """Every exception inside ``exc``, with (nested) exception groups opened up, in order."""
     if isinstance(exc, BaseExceptionGroup):

@@ -116,6 +116,8 @@ class Call:
             clock,
             self.responder,
             grace_ms=config.unit_grace_ms,
+            max_consecutive_errors=config.max_engine_errors,
+            step_timeout_s=config.step_timeout_s,
             max_pending=config.max_pending_units,
             frames=self.video,
         )
@@ -200,7 +202,9 @@ class Call:
         finally:
             if self._source is not None:
                 try:
-                    await self._source.close(self.loop.binding)
+                    await self._source.close(
+                        self.loop.binding, self.loop.broken, hung=self.loop.hung
+                    )
                 except Exception:
                     log.exception("engine session of call %s failed to close", self.call_id)
             self.finished.set()

@@ -10,6 +10,16 @@ Two tasks share a bounded hand-over:
   The loop owns the call's engine binding: ``run(binding)`` builds each ``Unit`` once, with its
   video frames converted, on the replica's own thread, and steps the session there.
 
+Fault policy (what the call does when its engine misbehaves):
+
+* a step that raises, or returns a result that breaks the contract (``check_result``), is
+  reported (``StepSink.failed``: an ``error`` event) and the next unit goes on;
+  ``max_consecutive_errors`` such steps in a row raise EngineFailing: the call ends with
+  ``engine_error`` and ``broken`` asks for its replica to be rebuilt;
+* a step still running after ``step_timeout_s`` raises EngineHung: the call ends at once with
+  ``engine_timeout``, and ``broken`` tells the engine source that the replica's thread is
+  stuck: the replica is rebuilt on a fresh thread and the stuck one is abandoned.
+
 Overrun policy: while the engine is slower than real time, units wait in a queue of at most
 ``max_pending`` units.  When a new unit arrives at a full queue the oldest waiting unit is
 dropped: the engine never hears it, the next ``unit`` event reports the count, and a warning
@@ -25,9 +35,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from omni.api import EngineBinding, Frame, StepResult, Unit
+from omni.api import EngineBinding, Frame, StepResult, Unit, check_result
 from realtime.clock import Clock
-from realtime.errors import EngineFailing
+from realtime.errors import EngineFailing, EngineHung
 from realtime.slicer import UnitAudio, UnitSlicer
 
 log = logging.getLogger(__name__)
@@ -110,6 +120,7 @@ class UnitLoop:
         frames: FramePicker | None = None,
         no_audio_s: float = 2.0,
         max_consecutive_errors: int = 3,
+        step_timeout_s: float = 15.0,
     ) -> None:
         self._slicer = slicer
         self._clock = clock
@@ -118,6 +129,7 @@ class UnitLoop:
         self._frames: FramePicker = frames or NoFrames()
         self._no_audio_s = no_audio_s
         self._max_errors = max_consecutive_errors
+        self._step_timeout = step_timeout_s
         self._pending: deque[tuple[UnitAudio, Sequence[PendingFrame], float]] = deque(
             maxlen=max_pending
         )
@@ -125,6 +137,10 @@ class UnitLoop:
         self._dropped_since_step = 0
         self.binding: EngineBinding | None = None
         """The engine session the loop steps, once ``run`` has it."""
+        self.broken: str | None = None
+        """Why the session's replica must be rebuilt (it hung or kept failing); None if not."""
+        self.hung = False
+        """A step never returned: the replica's thread is stuck."""
         self.units = 0
         self.steps = 0
         self.dropped_units = 0
@@ -181,7 +197,14 @@ class UnitLoop:
             dropped, self._dropped_since_step = self._dropped_since_step, 0
             self._sink.stepping(audio.index)
             try:
-                unit, result = await step(audio, frames)
+                unit, stepped = await self._bounded(step(audio, frames), audio.index)
+                result = check_result(stepped)
+            except EngineHung as exc:
+                self.errors += 1
+                self.hung = True
+                self.broken = str(exc)
+                log.error("%s", exc, extra={"unit": audio.index})
+                raise
             except Exception as exc:
                 self.errors += 1
                 consecutive_errors += 1
@@ -189,6 +212,7 @@ class UnitLoop:
                 self._dropped_since_step += dropped
                 self._sink.failed(audio.index, exc)
                 if consecutive_errors >= self._max_errors:
+                    self.broken = f"{consecutive_errors} failed steps in a row"
                     raise EngineFailing(
                         f"engine failed on {consecutive_errors} units in a row: {exc}"
                     ) from exc
@@ -212,3 +236,23 @@ class UnitLoop:
                     extra={"unit": unit.index, "step_ms": round(timing.step_ms)},
                 )
             await self._sink.result(unit, result, timing)
+
+    async def _bounded(
+        self, work: Awaitable[tuple[Unit, StepResult]], index: int
+    ) -> tuple[Unit, StepResult]:
+        """``work``'s result, or EngineHung once it has run ``step_timeout_s`` (the thread it
+        runs on cannot be stopped: it is left to finish, or not, on its own)."""
+        task = asyncio.ensure_future(work)
+        finished = asyncio.Event()
+        task.add_done_callback(lambda _: finished.set())
+        try:
+            deadline = self._clock.now() + self._step_timeout
+            if not await self._clock.wait_until(finished, deadline):
+                raise EngineHung(
+                    f"the engine's step of unit {index} ran past {self._step_timeout:g} s"
+                )
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

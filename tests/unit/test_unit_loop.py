@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from omni.api import UNIT_SAMPLES, EngineBinding, Frame, StepResult, Unit
-from realtime.errors import EngineFailing
+from realtime.errors import EngineFailing, EngineHung
 from realtime.slicer import UnitAudio, UnitSlicer
 from realtime.unit_loop import PendingFrame, StepTiming, UnitLoop
 from tests.support.clock import FakeClock
@@ -31,6 +31,9 @@ class Harness:
 
     step_s: Callable[[int], float] = lambda index: 0.0
     fails: Callable[[int], bool] = lambda index: False
+    hangs: Callable[[int], bool] = lambda index: False
+    malformed: Callable[[int], bool] = lambda index: False
+    step_timeout_s: float = 15.0
     grace_ms: int = 150
     max_pending: int = 2
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
@@ -48,6 +51,7 @@ class Harness:
             self,
             grace_ms=self.grace_ms,
             max_pending=self.max_pending,
+            step_timeout_s=self.step_timeout_s,
         )
         self.ticker = asyncio.create_task(self.loop.run_ticker())
         self.stepper = asyncio.create_task(self.loop.run_stepper(self._step))
@@ -60,6 +64,11 @@ class Harness:
         await self.clock.sleep_until(self.clock.now() + self.step_s(unit.index))
         if self.fails(unit.index):
             raise EngineBroke(f"unit {unit.index}")
+        if self.hangs(unit.index):
+            await asyncio.Event().wait()
+        if self.malformed(unit.index):
+            bad = np.full(100, np.nan, dtype=np.float32)
+            return unit, StepResult(listen=False, text="x", audio=bad)
         return unit, StepResult(listen=True, text=f"u{unit.index}")
 
     # StepSink
@@ -402,5 +411,38 @@ async def test_a_unit_that_ends_in_dtx_is_taken_at_its_due_time_without_grace() 
         assert h.indices[:3] == [0, 1, 2]
         np.testing.assert_allclose(h.start_times()[1:3], [T0 + 2.0, T0 + 3.0], atol=1e-9)
         assert [u.missing_ms for _, _, u, _ in h.started[:3]] == [0, 0, 0]
+    finally:
+        await h.stop()
+
+
+async def test_a_step_past_its_deadline_ends_the_loop_as_hung() -> None:
+    h = Harness(hangs=lambda index: index == 2, step_timeout_s=5.0)
+    try:
+        await h.feed(3.5)
+        assert not h.stepper.done()
+        await h.clock.advance_to(T0 + 3 + 4.9)
+        assert not h.stepper.done(), "not before its deadline"
+        await h.clock.advance_to(T0 + 3 + 5.01)
+        await h.clock.settle()
+        assert h.stepper.done()
+        with pytest.raises(EngineHung, match="unit 2 ran past 5 s"):
+            h.stepper.result()
+        assert h.loop.hung and h.loop.broken is not None
+        assert [u.index for u, *_ in h.results] == [0, 1]
+    finally:
+        await h.stop()
+
+
+async def test_malformed_results_count_as_failed_steps_and_ask_for_a_rebuild() -> None:
+    h = Harness(malformed=lambda index: index >= 1)
+    try:
+        await h.feed(3.5)
+        assert [index for index, _ in h.errors] == [1, 2]
+        assert all("NaN" in str(exc) for _, exc in h.errors)
+        assert not h.stepper.done() and h.loop.broken is None
+        await h.feed(1.0)
+        with pytest.raises(EngineFailing):
+            h.stepper.result()
+        assert h.loop.broken == "3 failed steps in a row" and not h.loop.hung
     finally:
         await h.stop()
