@@ -138,6 +138,14 @@ class CallManager:
             while len(self._ended) > _ENDED_KEPT:
                 self._ended.popitem(last=False)
 
+    def live(self, call_id: str) -> Call:
+        """The call ``call_id`` while it runs; raises ApiError 404 once it has ended or when
+        there never was one."""
+        call = self._calls.get(call_id)
+        if call is None:
+            raise ApiError(404, "unknown_call", f"no live call with id {call_id!r}")
+        return call
+
     def snapshot(self, call_id: str) -> dict[str, Any]:
         call = self._calls.get(call_id)
         if call is not None:
