@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from realtime.patches import PatchedVersionError
 from signaling.app import create_app
 from signaling.http_server import GuardedAppRunner, HttpLimits, fit_to_open_files
 from signaling.settings import Settings, SettingsError, load_settings
+from signaling.tls import TlsError, machine_names, self_signed, self_signed_context, server_context
 
 log = logging.getLogger("omnirtc")
 
@@ -74,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on")
     serve.add_argument("--engine", choices=ENGINE_NAMES, help="engine that answers calls")
+    serve.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain) file")
+    serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-self-signed",
+        action="store_const",
+        const=True,
+        help="serve HTTPS with a certificate made at start for this machine",
+    )
     replay = commands.add_parser(
         "replay",
         help="run a recorded audio or video file through an engine, offline, unit by unit",
@@ -98,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         config = DEFAULT_CONFIG
     overrides: dict[str, Any] = {"engine.name": args.engine}
     if args.command == "serve":
-        overrides.update({"server.host": args.host, "server.port": args.port})
+        overrides.update(
+            {
+                "server.host": args.host,
+                "server.port": args.port,
+                "server.tls_cert": args.tls_cert,
+                "server.tls_key": args.tls_key,
+                "server.tls_self_signed": args.tls_self_signed,
+            }
+        )
     try:
         settings = load_settings(config, os.environ, overrides)
     except SettingsError as exc:
@@ -190,9 +208,14 @@ async def _run(settings: Settings, open_files: int | None) -> int:
             max_connections,
             open_files,
         )
+    try:
+        tls = _tls_context(settings)
+    except TlsError as exc:
+        log.error("%s", exc)
+        return 2
     runner = GuardedAppRunner(app, HttpLimits.from_settings(settings.server, max_connections))
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -204,7 +227,10 @@ async def _run(settings: Settings, open_files: int | None) -> int:
     host = settings.server.host
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     port = runner.addresses[0][1] if runner.addresses else settings.server.port
-    log.info("omnirtc serving engine %s: open http://%s:%s/ to call", engine.info.name, shown, port)
+    scheme = "https" if tls is not None else "http"
+    log.info(
+        "omnirtc serving engine %s: open %s://%s:%s/ to call", engine.info.name, scheme, shown, port
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -216,6 +242,17 @@ async def _run(settings: Settings, open_files: int | None) -> int:
         log.info("shutting down")
         await runner.cleanup()
     return 0
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    server = settings.server
+    if server.tls_cert:
+        return server_context(server.tls_cert, server.tls_key)
+    if not server.tls_self_signed:
+        return None
+    made = self_signed(*machine_names(server.host))
+    log.info("HTTPS with a self-signed certificate, SHA-256 fingerprint %s", made.fingerprint)
+    return self_signed_context(made)
 
 
 if __name__ == "__main__":

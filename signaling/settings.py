@@ -56,6 +56,12 @@ class ServerSettings:
     complete request headers is closed to admit a new one."""
     max_header_bytes: int = 8190
     """Longest request line, and longest header field (name and value)."""
+    tls_cert: str = ""
+    """PEM certificate (chain) file: serve HTTPS (with ``tls_key``)."""
+    tls_key: str = ""
+    """PEM private key file of ``tls_cert``."""
+    tls_self_signed: bool = False
+    """Serve HTTPS with a certificate made at start for this machine (browsers warn once)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, "port must be 0..65535")
@@ -78,6 +84,19 @@ class ServerSettings:
         require(0.1 <= self.body_timeout_s <= 3600, "body_timeout_s must be 0.1..3600")
         require(8 <= self.max_connections <= 1_000_000, "max_connections must be 8..1000000")
         require(1024 <= self.max_header_bytes <= 65536, "max_header_bytes must be 1024..65536")
+        require(
+            bool(self.tls_cert) == bool(self.tls_key),
+            "tls_cert and tls_key go together: set both or neither",
+        )
+        require(
+            not (self.tls_self_signed and self.tls_cert),
+            "tls_self_signed makes its own certificate: do not also set tls_cert",
+        )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks HTTPS."""
+        return bool(self.tls_cert) or self.tls_self_signed
 
 
 def _is_origin(text: str) -> bool:
