@@ -21,7 +21,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omni.minicpmo.config import MiniCPMOConfig
+    from omni.minicpmo.loader import Loaded
 
 VOCAB = 151_748
 """The released vocabulary (151,643 text tokens plus the special tokens, ids up to 151,747)."""
@@ -94,6 +98,53 @@ def tiny_sizes() -> dict[str, Any]:
     }
 
 
+def full_sizes() -> dict[str, Any]:
+    """The released architecture's sizes (Qwen3-8B, SigLIP2-400M, Whisper-medium encoder, the
+    streaming TTS): random weights of the right shapes, for timing on a GPU."""
+    return {
+        "vocab_size": VOCAB,
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "max_position_embeddings": 40960,
+        "rope_theta": 1_000_000.0,
+        "tie_word_embeddings": False,
+        "vision_config": {
+            "hidden_size": 1152,
+            "image_size": 980,
+            "intermediate_size": 4304,
+            "model_type": "siglip",
+            "num_attention_heads": 16,
+            "num_hidden_layers": 27,
+            "patch_size": 14,
+        },
+        "audio_config": {
+            "d_model": 1024,
+            "encoder_layers": 24,
+            "encoder_attention_heads": 16,
+            "encoder_ffn_dim": 4096,
+            "decoder_layers": 1,
+            "num_mel_bins": 80,
+            "max_source_positions": 1500,
+        },
+        "tts_config": {
+            "llm_dim": 4096,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 12,
+            "num_hidden_layers": 20,
+            "backbone_model": "llama",
+            "audio_tokenizer_type": "s3tokenizer_step_audio",
+            "num_audio_tokens": 6562,
+            "num_text_tokens": VOCAB,
+        },
+    }
+
+
 def _copy_code(code: Path, dest: Path) -> None:
     missing = [name for name in (*REMOTE_FILES, *TOKENIZER_FILES) if not (code / name).is_file()]
     if missing:
@@ -116,17 +167,21 @@ def _dynamic_class(folder: Path, reference: str) -> Any:
 
 
 def build(
-    code: Path, dest: Path, variant: str = "duplex_class", *, full_size: bool = False
+    code: Path,
+    dest: Path,
+    variant: str = "duplex_class",
+    *,
+    full_size: bool = False,
+    weights: bool = True,
 ) -> Path:
-    """Write a random-weight model folder at ``dest`` (weights included) and return it."""
+    """Write a random-weight model folder at ``dest`` and return it.  Without ``weights`` it
+    holds only the code, config and tokenizer: ``random_loader`` makes the weights."""
     import torch
 
     _copy_code(code, dest)
     module = MODULES[variant]
     config_class = _dynamic_class(dest, "configuration_minicpmo.MiniCPMOConfig")
-    config = config_class(**({} if full_size else tiny_sizes()))
-    if full_size:
-        config.vocab_size = max(config.vocab_size, VOCAB)
+    config = config_class(**(full_sizes() if full_size else tiny_sizes()))
     config.architectures = ["MiniCPMO"]
     config.auto_map = {
         "AutoConfig": "configuration_minicpmo.MiniCPMOConfig",
@@ -134,11 +189,12 @@ def build(
     }
     config.torch_dtype = "bfloat16" if full_size else "float32"
     config.save_pretrained(dest)
-    model_class = _dynamic_class(dest, f"{module}.MiniCPMO")
-    torch.manual_seed(0)
-    model = model_class(config)
-    model.save_pretrained(dest, safe_serialization=True)
-    del model
+    if weights:
+        model_class = _dynamic_class(dest, f"{module}.MiniCPMO")
+        torch.manual_seed(0)
+        model = model_class(config)
+        model.save_pretrained(dest, safe_serialization=True)
+        del model
     _save_fast_tokenizer(dest)
     (dest / "assets" / "token2wav").mkdir(parents=True, exist_ok=True)
     (dest / "omnirtc-random-weights.json").write_text(
@@ -156,3 +212,30 @@ def _save_fast_tokenizer(dest: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(dest), trust_remote_code=True)
     tokenizer.backend_tokenizer.save(str(dest / "tokenizer.json"))
+
+
+def random_loader(config: MiniCPMOConfig, device: str) -> Loaded:
+    """A loader for MiniCPMOEngine: the model class named by the folder's config, with random
+    weights made directly on ``device`` in ``config.dtype`` (no weights file, no download),
+    then the same variant detection and duplex wrapping as ``omni.minicpmo.loader.load``."""
+    import torch
+    from transformers import AutoConfig
+
+    from omni.minicpmo.loader import Loaded, remote_code_imports
+    from omni.minicpmo.variants import detect, make_duplex
+
+    with remote_code_imports():
+        model_config = AutoConfig.from_pretrained(config.model, trust_remote_code=True)
+    model_config._attn_implementation = config.attn_implementation
+    model_class = _dynamic_class(Path(config.model), model_config.auto_map["AutoModel"])
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, config.dtype))
+    try:
+        with torch.device(device):
+            model = model_class(model_config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    variant = detect(model)
+    with remote_code_imports():
+        duplex = make_duplex(model, variant, config, device)
+    return Loaded(model=model, duplex=duplex, device=device, variant=variant)
