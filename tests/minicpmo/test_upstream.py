@@ -259,8 +259,8 @@ def test_replay_through_the_real_code(
     assert done.returncode == 0, done.stderr[-3000:]
     log = json.loads(output.with_suffix(".json").read_text())
     units = log["units"]
-    assert len(units) == 6
+    assert len(units) in (6, 7), "6 s of input (the audio encoder may pad a last unit)"
     assert units[0]["state"] == "listen"
-    assert all(u["frames"] == 1 for u in units)
+    assert all(u["frames"] == 1 for u in units[:6]), "one frame per second of video"
     assert any(u["state"] == "speak" and u["text"] for u in units)
     assert output.is_file()
