@@ -61,12 +61,14 @@ UNIT_SAMPLES = INPUT_RATE * UNIT_MS // 1000
 OUTPUT_UNIT_SAMPLES = OUTPUT_RATE * UNIT_MS // 1000
 """Output samples that cover one unit of speech."""
 MAX_FRAME_SIDE = 448
-"""Longest side of a video frame handed to an engine (pixels)."""
+"""Longest side of a video frame handed to an engine (pixels), unless its
+``EngineInfo.frame_side`` asks for larger frames."""
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One video frame: RGB, uint8, shape (height, width, 3), long side <= MAX_FRAME_SIDE."""
+    """One video frame: RGB, uint8, shape (height, width, 3); its long side is at most the
+    engine's ``EngineInfo.frame_side`` (MAX_FRAME_SIDE unless the engine asks for more)."""
 
     rgb: NDArray[np.uint8]
     offset_ms: int
@@ -134,6 +136,9 @@ class EngineInfo:
     description: str
     replicas: int
     """How many sessions can run at once."""
+    frame_side: int = MAX_FRAME_SIDE
+    """Longest side of the video frames the engine wants (pixels); frames are scaled down
+    to it, never up."""
 
 
 class DuplexSession(Protocol):
@@ -208,6 +213,8 @@ class EngineBinding:
     """The replica's own thread: every call into ``session`` except ``interrupt`` runs here."""
     waited_s: float = 0.0
     """Seconds the call waited in the queue for a free replica."""
+    frame_side: int = MAX_FRAME_SIDE
+    """Longest side of the frames the session gets (``EngineInfo.frame_side``)."""
 
 
 QueueCallback = Callable[[int, float, int], None]

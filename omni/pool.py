@@ -367,7 +367,8 @@ class PoolSource:
         except Exception as exc:
             log.exception("could not open an engine session")
             raise EngineUnavailable(f"the engine could not open a session: {exc}") from None
-        return EngineBinding(self._pool.info.name, session, lease.executor, lease.waited_s)
+        info = self._pool.info
+        return EngineBinding(info.name, session, lease.executor, lease.waited_s, info.frame_side)
 
     async def close(
         self, binding: EngineBinding | None, broken: str | None = None, *, hung: bool = False

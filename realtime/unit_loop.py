@@ -57,8 +57,9 @@ class StepTiming:
 class PendingFrame(Protocol):
     """A video frame picked for a unit, not yet converted for the engine."""
 
-    def to_frame(self) -> Frame:
-        """The engine's frame (RGB); costly, so it runs on the replica's thread."""
+    def to_frame(self, max_side: int) -> Frame:
+        """The engine's frame (RGB, long side at most ``max_side``); costly, so it runs on
+        the replica's thread."""
         ...
 
 
@@ -97,7 +98,7 @@ def on_replica(binding: EngineBinding) -> Stepper:
     """Steps ``binding``'s session on its replica's thread (never on the event loop)."""
 
     def work(audio: UnitAudio, frames: Sequence[PendingFrame]) -> tuple[Unit, StepResult]:
-        unit = audio.with_frames(tuple(f.to_frame() for f in frames))
+        unit = audio.with_frames(tuple(f.to_frame(binding.frame_side) for f in frames))
         return unit, binding.session.step(unit)
 
     async def step(audio: UnitAudio, frames: Sequence[PendingFrame]) -> tuple[Unit, StepResult]:

@@ -173,7 +173,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         engine = _engine(settings, replicas=1)
-        units = read_units(args.input, settings.call.video_frames_per_unit)
+        units = read_units(args.input, settings.call.video_frames_per_unit, engine.info.frame_side)
         config = SessionConfig(instructions=args.instructions, language=Language(args.language))
         replayed = run(engine, units, config)
         written = write_outputs(args.input, args.output, replayed, engine.info.name)

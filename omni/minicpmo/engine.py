@@ -108,6 +108,7 @@ class MiniCPMOEngine:
             name="minicpmo",
             description="MiniCPM-o 4.5 full duplex (GPU)",
             replicas=len(config.devices) * config.replicas_per_device,
+            frame_side=HD_FRAME_SIDE if config.hd else MAX_FRAME_SIDE,
         )
 
     @property
@@ -117,7 +118,7 @@ class MiniCPMOEngine:
     @property
     def frame_side(self) -> int:
         """Long side of the frames this engine can use: HD slices frames up to 1280 px."""
-        return HD_FRAME_SIDE if self._config.hd else MAX_FRAME_SIDE
+        return self._info.frame_side
 
     def create_replica(self, index: int) -> MiniCPMOReplica:
         device = self._config.devices[index // self._config.replicas_per_device]

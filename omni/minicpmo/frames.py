@@ -7,9 +7,8 @@ cost of one more image.
 HD (``max_slice_nums = 2``) adds 64-token crops only for images larger than 448 px: the model
 slices by image size.  So in HD the latest frame goes to the model as large as it came, up to
 ``HD_FRAME_SIDE`` (the official HD mode sends 1280x720); without HD it is brought down to 448.
-Frames reach an engine at most ``omni.api.MAX_FRAME_SIDE`` (448) on the long side today: HD
-slices only once the media side hands this engine its frames at ``HD_FRAME_SIDE``
-(``MiniCPMOEngine.frame_side``).
+The engine asks for frames that large through ``EngineInfo.frame_side`` when HD is on; the
+call's unit loop and ``omnirtc replay`` convert frames to that size.
 """
 
 from __future__ import annotations

@@ -303,7 +303,8 @@ def test_hd_keeps_a_large_frame_large_enough_to_slice(tmp_path: Path) -> None:
     big = Frame(np.full((720, 1280, 3), 90, np.uint8), 0)
     for hd, size in ((True, (1280, 720)), (False, (448, 252))):
         rep, loader = replica(tmp_path, hd=hd)
-        assert MiniCPMOEngine(config(tmp_path, hd=hd)).frame_side == (1280 if hd else 448)
+        engine = MiniCPMOEngine(config(tmp_path, hd=hd))
+        assert engine.frame_side == engine.info.frame_side == (1280 if hd else 448)
         sess = session(rep)
         sess.step(unit(0, frames=(big,)))
         assert duplex_of(loader).prefill_calls[-1]["frames"][0].size == size

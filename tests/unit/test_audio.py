@@ -448,3 +448,12 @@ def test_a_pts_jump_is_counted_in_whole_samples_at_16_khz() -> None:
     )
     assert (out.gap, out.missing) == (160, 0), "a jump with nothing lost is DTX"
     assert conv.gap_samples == 3 * OUT_FRAME and conv.dtx_samples == 160
+
+
+def test_a_raw_frame_converts_at_the_side_the_engine_asks_for() -> None:
+    from realtime.inbound import RawFrame
+
+    raw = RawFrame(video_frame(1920, 1080), offset_ms=250)
+    assert raw.to_frame(1280).rgb.shape == (720, 1280, 3), "HD: the official 1280x720"
+    assert raw.to_frame(448).rgb.shape == (252, 448, 3)
+    assert raw.to_frame(1280).offset_ms == 250

@@ -329,6 +329,7 @@ async def test_drops_are_reported_even_when_the_next_step_fails() -> None:
 async def test_run_builds_each_unit_once_with_its_frames_and_steps_on_the_replica_thread() -> None:
     picked: list[int] = []
     converted_on: list[str] = []
+    sides: list[int] = []
     stepped: list[tuple[Unit, str]] = []
     results: list[Unit] = []
     marks: list[int] = []
@@ -337,7 +338,8 @@ async def test_run_builds_each_unit_once_with_its_frames_and_steps_on_the_replic
         def __init__(self, index: int) -> None:
             self.index = index
 
-        def to_frame(self) -> Frame:
+        def to_frame(self, max_side: int) -> Frame:
+            sides.append(max_side)
             converted_on.append(threading.current_thread().name)
             return Frame(rgb=np.full((4, 6, 3), self.index, np.uint8), offset_ms=500)
 
@@ -371,7 +373,7 @@ async def test_run_builds_each_unit_once_with_its_frames_and_steps_on_the_replic
     slicer = UnitSlicer()
     loop = UnitLoop(slicer, clock, Sink(), grace_ms=150, max_pending=4, frames=Picker())
     executor = ThreadPoolExecutor(1, thread_name_prefix="replica-test")
-    binding = EngineBinding("test", Session(), executor)
+    binding = EngineBinding("test", Session(), executor, frame_side=1280)
     task = asyncio.create_task(loop.run(binding))
     try:
         slicer.start(clock.now())
@@ -381,6 +383,7 @@ async def test_run_builds_each_unit_once_with_its_frames_and_steps_on_the_replic
                 await asyncio.sleep(0.005)
         assert loop.binding is binding
         assert picked == [0, 1, 2] and marks == [0, 1, 2]
+        assert sides == [1280] * 3, "frames are converted at the engine's frame side"
         assert all(name.startswith("replica-test") for name in converted_on), converted_on
         assert all(name.startswith("replica-test") for _, name in stepped), stepped
         # One Unit per step: the engine and the result sink see the same object.
