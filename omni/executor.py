@@ -6,6 +6,7 @@ thread, in order, through a bounded queue; callers ``await`` it from the event l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -49,7 +50,10 @@ class ReplicaThread(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if not self._shutdown:
             self._shutdown = True
-            self._work.put(None)
+            with contextlib.suppress(queue.Full):
+                # A full queue means the thread is stuck (its caller gave up on it): it is a
+                # daemon thread and ends with the process.
+                self._work.put_nowait(None)
         if wait:
             self._thread.join()
 

@@ -7,6 +7,10 @@ over-book the pool.  A waiting call is told its position and an estimated wait w
 queue moves: the position times the mean length of recent calls, divided by the number of
 healthy replicas.
 
+A call borrows its replica through ``lend``: the returned source (an ``omni.api.EngineSource``)
+opens the call's session on the replica's own thread once its turn comes and closes it there
+when the call ends, so nothing outside this package ever runs work on a replica thread.
+
 A replica whose cleanup failed is taken out of service and rebuilt on its own thread (with
 back-off) by a task the pool owns; while no replica is healthy the pool is not ready and
 refuses calls.
@@ -22,7 +26,15 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from omni.api import Engine, EngineInfo, Replica
+from omni.api import (
+    Engine,
+    EngineBinding,
+    EngineInfo,
+    QueueCallback,
+    Replica,
+    SessionConfig,
+)
+from omni.errors import EngineBusy, EngineUnavailable
 from omni.executor import ReplicaThread
 
 log = logging.getLogger(__name__)
@@ -30,9 +42,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CALL_S = 120.0
 """Assumed length of a call before any has ended (the official demo's figure)."""
 _REPAIR_BACKOFF_S = (1.0, 5.0, 15.0, 60.0)
+CLOSE_TIMEOUT_S = 30.0
+"""A session cleanup still running after this long is hung (its replica is rebuilt)."""
 
 
-class QueueFull(RuntimeError):
+class QueueFull(EngineBusy):
     """Every replica is busy and the waiting queue is full (or no replica is healthy)."""
 
 
@@ -54,6 +68,8 @@ class ReplicaSlot:
     thread: ReplicaThread
     busy: bool = False
     healthy: bool = True
+    abandoned: bool = False
+    """The replica's thread got stuck and was replaced: skip shutting the old replica down."""
 
 
 @dataclass(slots=True)
@@ -211,6 +227,12 @@ class ReplicaPool:
         self._announce()
         return Ticket(self, waiter=waiter)
 
+    def lend(self, config: SessionConfig) -> PoolSource:
+        """A call's engine source: claims a replica now or a place in the queue (raises
+        QueueFull, an EngineBusy, when neither is free); the call opens its session
+        through it and must close it, however the call ends."""
+        return PoolSource(self, self.join(), config)
+
     def release(self, lease: Lease) -> None:
         held = time.monotonic() - lease.since
         self._call_s = 0.8 * self._call_s + 0.2 * held
@@ -237,11 +259,19 @@ class ReplicaPool:
         elif waiter.future.done() and not waiter.future.cancelled():
             waiter.future.result().release()
 
-    def mark_broken(self, lease: Lease, why: str) -> None:
-        """Take a replica out of service (its cleanup failed) and rebuild it."""
+    def mark_broken(self, lease: Lease, why: str, *, hung: bool = False) -> None:
+        """Take a replica out of service and rebuild it.  ``hung``: its thread is stuck in a
+        call into the replica, so that thread is abandoned (it ends if the call ever
+        returns) and the replica is rebuilt on a new thread, without shutting the old one
+        down (that would race the stuck call; its memory is freed with it)."""
         slot = lease.slot
         slot.healthy = False
         log.error("replica %d taken out of service: %s", slot.index, why)
+        if hung:
+            stuck = slot.thread
+            slot.thread = ReplicaThread(f"{self.engine.info.name}-replica-{slot.index}")
+            slot.abandoned = True
+            stuck.shutdown(wait=False)
         if not self.healthy:
             for waiter in self._waiters:
                 if not waiter.future.done():
@@ -257,10 +287,12 @@ class ReplicaPool:
         loop = asyncio.get_running_loop()
         for attempt in range(1_000_000):
             old = slot.replica
-            try:
-                await loop.run_in_executor(slot.thread, old.shutdown)
-            except Exception:
-                log.exception("broken replica %d failed to shut down", slot.index)
+            if not slot.abandoned:
+                try:
+                    await loop.run_in_executor(slot.thread, old.shutdown)
+                except Exception:
+                    log.exception("broken replica %d failed to shut down", slot.index)
+            slot.abandoned = False
             try:
                 replica = await loop.run_in_executor(
                     slot.thread, self.engine.create_replica, slot.index
@@ -302,3 +334,59 @@ class ReplicaPool:
                 log.exception("replica %d failed to shut down", slot.index)
             slot.thread.shutdown(wait=False)
         self._slots.clear()
+
+
+class PoolSource:
+    """Lends one call the replica its ticket claimed (an ``omni.api.EngineSource``)."""
+
+    def __init__(self, pool: ReplicaPool, ticket: Ticket, config: SessionConfig) -> None:
+        self._pool = pool
+        self._ticket = ticket
+        self._config = config
+
+    @property
+    def queued(self) -> bool:
+        """Whether the call is waiting for a replica (it got none at admission)."""
+        return self._ticket.queued
+
+    async def open(self, on_queue: QueueCallback) -> EngineBinding:
+        def told(where: QueuePosition) -> None:
+            on_queue(where.position, where.estimated_wait_s, where.queue_length)
+
+        lease = await self._ticket.wait(told)
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(lease.executor, lease.replica.open_session, self._config)
+        try:
+            session = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The call ended while the session was being opened: finish, then clean up; the
+            # call's close() gives the replica back.
+            opened = await opening
+            await loop.run_in_executor(lease.executor, opened.close)
+            raise
+        except Exception as exc:
+            log.exception("could not open an engine session")
+            raise EngineUnavailable(f"the engine could not open a session: {exc}") from None
+        info = self._pool.info
+        return EngineBinding(info.name, session, lease.executor, lease.waited_s, info.frame_side)
+
+    async def close(
+        self, binding: EngineBinding | None, broken: str | None = None, *, hung: bool = False
+    ) -> None:
+        lease = self._ticket.lease
+        try:
+            if binding is not None and not hung:
+                loop = asyncio.get_running_loop()
+                closing = loop.run_in_executor(binding.executor, binding.session.close)
+                try:
+                    await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+                except TimeoutError:
+                    broken, hung = f"session cleanup ran past {CLOSE_TIMEOUT_S:g} s", True
+        except Exception as exc:
+            broken = f"session cleanup failed: {exc}"
+            raise
+        finally:
+            if broken is not None and lease is not None:
+                self._pool.mark_broken(lease, broken, hung=hung)
+                self._ticket.lease = None  # a broken replica is not handed back as free
+            self._ticket.cancel()

@@ -95,6 +95,12 @@ class CallConfig:
     """Speech over the service's own for this long interrupts it."""
     max_duration_s: float = 0.0
     """Hard limit on a call's length (0 = none)."""
+    step_timeout_s: float = 15.0
+    """A step still running after this long is hung: the call ends (``engine_timeout``) and
+    its replica is rebuilt on a fresh thread."""
+    max_engine_errors: int = 3
+    """Failed steps in a row (raised, or a malformed result) that end the call
+    (``engine_error``); its replica is then rebuilt."""
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self) -> None:
@@ -106,3 +112,5 @@ class CallConfig:
         require(0 <= self.video_frames_per_unit <= 10, "video_frames_per_unit must be 0..10")
         require(self.barge_in_ms >= 0, "barge_in_ms must be >= 0")
         require(self.max_duration_s >= 0, "max_duration_s must be >= 0")
+        require(0.5 <= self.step_timeout_s <= 600, "step_timeout_s must be 0.5..600")
+        require(1 <= self.max_engine_errors <= 100, "max_engine_errors must be 1..100")

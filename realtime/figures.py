@@ -45,6 +45,7 @@ def snapshot(call: Call) -> dict[str, Any]:
             "events_sent": call.events.sent,
             "events_dropped": call.events.dropped,
             "loopback_frames_dropped": call.relay.dropped,
+            "ice_candidates_trickled": call.peer.trickled,
         },
         "timings_ms": {
             "step": percentiles(call.loop.step_ms),

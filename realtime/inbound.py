@@ -49,8 +49,8 @@ class RawFrame:
     frame: av.VideoFrame
     offset_ms: int
 
-    def to_frame(self) -> Frame:
-        return Frame(rgb=video_to_rgb(self.frame), offset_ms=self.offset_ms)
+    def to_frame(self, max_side: int) -> Frame:
+        return Frame(rgb=video_to_rgb(self.frame, max_side), offset_ms=self.offset_ms)
 
 
 class VideoSampler:

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import av
 import numpy as np
 from numpy.typing import NDArray
 
+from realtime.audio import pcm_frame
 from realtime.clock import Clock
 from realtime.playout import PlayoutBuffer
 
@@ -72,3 +74,9 @@ class OutboundPacer:
         self._k += 1
         self.frames += 1
         return frame
+
+    async def next_wire_frame(self) -> av.AudioFrame:
+        """The next frame as the outbound track hands it to the encoder (mono s16, pts in
+        samples at the playout rate)."""
+        frame = await self.next_frame()
+        return pcm_frame(frame.samples, frame.pts, self._playout.rate)

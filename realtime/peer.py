@@ -22,6 +22,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
 
 from realtime.audio import ReceivedAudio
 from realtime.config import PeerConfig
@@ -33,8 +34,12 @@ from realtime.patches import (
     offering_host_addresses,
     use_immediate_jitter_buffer,
 )
+from realtime.trickle import InvalidFragment, Trickle
 
 log = logging.getLogger(__name__)
+
+MAX_TRICKLED_TOTAL = 64
+"""Remote candidates a client may trickle over a whole call."""
 
 # ---------------------------------------------------------------- tracks
 
@@ -134,6 +139,12 @@ class Peer:
         self.on_channel: Callable[[EventsChannel], None] = lambda _: None
         self.on_message: Callable[[str | bytes], None] = lambda _: None
         self.jitter_buffers: list[ImmediateAudioJitterBuffer] = []
+        self.remote_ufrag: str | None = None
+        """The client's ICE username fragment, from its offer."""
+        self.local_ufrag: str | None = None
+        """Ours, from the answer."""
+        self.trickled = 0
+        """Remote candidates the client added after its offer (trickle ICE)."""
         self._media_transport: Any = None
         self._pc.on("track", self._on_track)
         self._pc.on("datachannel", self._on_datachannel)
@@ -168,9 +179,31 @@ class Peer:
         except Exception as exc:
             raise InvalidOffer(f"could not answer the offer: {exc}") from None
         answer_sdp = with_rejected(str(self._pc.localDescription.sdp), offer)
+        self.remote_ufrag = _ufrag(offer.sdp)
+        self.local_ufrag = _ufrag(answer_sdp)
         if self._config.announced_address:
             answer_sdp = announce(answer_sdp, self._config.announced_address)
         return answer_sdp
+
+    async def add_trickle(self, trickle: Trickle) -> None:
+        """Add candidates the client trickles after its offer (and its end-of-candidates).
+
+        Raises InvalidFragment for a candidate aiortc cannot read, or once the client has
+        trickled MAX_TRICKLED_TOTAL candidates."""
+        if self.trickled + len(trickle.candidates) > MAX_TRICKLED_TOTAL:
+            raise InvalidFragment(f"more than {MAX_TRICKLED_TOTAL} trickled candidates")
+        for mid, line in trickle.candidates:
+            try:
+                candidate = candidate_from_sdp(line.removeprefix("candidate:"))
+            except (AssertionError, ValueError, IndexError):
+                raise InvalidFragment(f"not an ICE candidate: {line[:80]!r}") from None
+            candidate.sdpMid = mid
+            if mid is None:
+                candidate.sdpMLineIndex = 0
+            await self._pc.addIceCandidate(candidate)
+            self.trickled += 1
+        if trickle.end:
+            await self._pc.addIceCandidate(None)
 
     async def audio_frames(self) -> AsyncIterator[ReceivedAudio]:
         """Decoded inbound audio, with what each frame's packet said (loss, DTX)."""
@@ -252,3 +285,11 @@ class Peer:
             and getattr(self._media_transport, "state", None) != "connected"
         ):
             self.ended.set()
+
+
+def _ufrag(sdp: str) -> str | None:
+    """The first ``a=ice-ufrag`` of an SDP."""
+    for line in sdp.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return line.removeprefix("a=ice-ufrag:").strip()
+    return None

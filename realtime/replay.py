@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from omni.api import (
     INPUT_RATE,
+    MAX_FRAME_SIDE,
     OUTPUT_RATE,
     UNIT_MS,
     UNIT_SAMPLES,
@@ -65,7 +66,9 @@ class Replayed:
     cues: list[Cue] = field(default_factory=list)
 
 
-def read_units(path: Path, frames_per_unit: int) -> Iterator[Unit]:
+def read_units(
+    path: Path, frames_per_unit: int, frame_side: int = MAX_FRAME_SIDE
+) -> Iterator[Unit]:
     """The file's units, as a call would cut them (the last one padded with silence)."""
     try:
         container = av.open(str(path))
@@ -93,7 +96,7 @@ def read_units(path: Path, frames_per_unit: int) -> Iterator[Unit]:
                     slot = min(frames_per_unit - 1, int(fraction * frames_per_unit))
                     if unit >= index:
                         slots[(int(unit), slot)] = Frame(
-                            video_to_rgb(frame), round(fraction * UNIT_MS)
+                            video_to_rgb(frame, frame_side), round(fraction * UNIT_MS)
                         )
             while audio.size >= UNIT_SAMPLES:
                 yield _unit(index, audio[:UNIT_SAMPLES], slots)

@@ -1,53 +1,55 @@
-"""One call: its peer, media pipeline, engine session and events, as one TaskGroup.
+"""One call: its peer, media pipeline, engine side and events, as one TaskGroup.
 
 ``Call.negotiate`` answers the offer; ``Call.run`` runs every task of the call until it ends
 (hang-up, DELETE, a vanished client, a failed connection, an engine that keeps failing) and
 then tears everything down along one path: tasks cancelled, goodbye event, peer closed,
 engine session closed on its own thread.
+
+Data flow: inbound audio -> ``InboundAudio`` (16 kHz) -> the slicer and the VAD; video ->
+``VideoSampler``; the ``UnitLoop`` cuts units and steps the engine binding it owns; the
+``Responder`` turns results into events and speech in the ``PlayoutBuffer``, which the
+``OutboundPacer`` plays out in 20 ms frames.  The call only wires these together and decides
+when the call ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
-from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, StepResult, Unit
-from realtime.audio import WIRE_RATE, Converted, InboundAudio, OutboundAudio, pcm_frame
-from realtime.binding import EngineBinding, EngineSource
+from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_MS, EngineSource
+from omni.errors import EngineError
+from realtime.audio import WIRE_RATE, Converted, InboundAudio
 from realtime.clock import Clock
 from realtime.config import CallConfig, PeerConfig
-from realtime.errors import CallError
+from realtime.errors import CallError, describe
 from realtime.events import (
     ErrorEvent,
     EventChannel,
-    InputTranscript,
-    OutputTextDelta,
     Ping,
     Pong,
     ProtocolError,
     ResponseCancel,
-    ResponseInterrupted,
     SessionClosed,
     SessionCreated,
     SessionQueued,
     SessionQueueDone,
     SpeechStarted,
     SpeechStopped,
-    UnitDone,
     parse_client_event,
 )
 from realtime.figures import snapshot
-from realtime.inbound import RawFrame, VideoSampler, pump_audio, pump_video
+from realtime.inbound import VideoSampler, pump_audio, pump_video
 from realtime.outbound import OutboundPacer
 from realtime.peer import EventsChannel, FrameRelay, Peer
 from realtime.playout import PlayoutBuffer
+from realtime.responder import Responder
 from realtime.slicer import UnitSlicer
-from realtime.unit_loop import EngineFailing, StepTiming, UnitLoop
+from realtime.unit_loop import UnitLoop
 from realtime.vad import SpeechDetector, SpeechEdge
 
 log = logging.getLogger(__name__)
@@ -99,29 +101,23 @@ class Call:
         self.slicer = UnitSlicer()
         self.video = VideoSampler(self.slicer, config.video_frames_per_unit)
         self.vad = SpeechDetector(config.vad)
-        self._speech_out = OutboundAudio()
         self.inbound = InboundAudio()
-        self._engine: EngineBinding | None = None
+        self.responder = Responder(self.events, self.playout, config.barge_in_ms)
         self._source: EngineSource | None = None
         self.queued = False
         """Whether the call had to wait for a free replica."""
         self._stop = asyncio.Event()
         self.finished = asyncio.Event()
         """Set once the call has ended and freed everything."""
-        self._epoch = 0
-        self._step_epoch = 0
-        self._engine_speaking = False
-        self._barged_in = False
-        self.interrupts = 0
         self.speech_segments = 0
         self.audio_in_ms = 0.0
         self.loop = UnitLoop(
             self.slicer,
             clock,
-            self._step,
-            self._on_result,
-            self._on_step_error,
+            self.responder,
             grace_ms=config.unit_grace_ms,
+            max_consecutive_errors=config.max_engine_errors,
+            step_timeout_s=config.step_timeout_s,
             max_pending=config.max_pending_units,
             frames=self.video,
         )
@@ -148,7 +144,8 @@ class Call:
         return CallState.ACTIVE if self.peer.connected.is_set() else CallState.CONNECTING
 
     async def negotiate(self, offer_sdp: str) -> str:
-        source = self.relay.next_frame if self.mode is CallMode.LOOPBACK else self._next_out_frame
+        loopback = self.mode is CallMode.LOOPBACK
+        source = self.relay.next_frame if loopback else self.pacer.next_wire_frame
         return await self.peer.answer(offer_sdp, source)
 
     def stop(self, reason: str) -> None:
@@ -180,17 +177,15 @@ class Call:
                     name=f"{self.call_id}:video-in",
                 )
                 if self.mode is CallMode.ENGINE and engine is not None:
-                    tasks.create_task(
-                        self._start_engine(engine, tasks), name=f"{self.call_id}:engine"
-                    )
+                    tasks.create_task(self._run_engine(engine), name=f"{self.call_id}:engine")
         except* _CallEnded:
             pass
-        except* EngineFailing as group:
-            self.stop("engine_error")
-            self.events.send(ErrorEvent("engine_error", str(group.exceptions[0])))
         except* Exception as group:
-            log.error("call %s failed", self.call_id, exc_info=group.exceptions[0])
-            self.stop("internal_error")
+            failure = describe(group)
+            if not failure.expected:
+                log.error("call %s failed", self.call_id, exc_info=group)
+            self.stop(failure.code)
+            self.events.send(ErrorEvent(failure.code, failure.message))
         finally:
             await self._teardown()
         return self.end_reason or "ended"
@@ -205,10 +200,11 @@ class Call:
         try:
             await self.peer.close()
         finally:
-            engine, self._engine = self._engine, None
             if self._source is not None:
                 try:
-                    await self._source.close(engine)
+                    await self._source.close(
+                        self.loop.binding, self.loop.broken, hung=self.loop.hung
+                    )
                 except Exception:
                     log.exception("engine session of call %s failed to close", self.call_id)
             self.finished.set()
@@ -221,19 +217,18 @@ class Call:
                 },
             )
 
-    async def _start_engine(self, source: EngineSource, tasks: asyncio.TaskGroup) -> None:
+    async def _run_engine(self, source: EngineSource) -> None:
         """Get an engine session (waiting in the queue if need be), then run the unit loop."""
         try:
             binding = await source.open(self._on_queue)
-        except CallError as exc:
+        except (CallError, EngineError) as exc:
             self.events.send(ErrorEvent(exc.code, str(exc)))
             self.stop(exc.code)
             raise _CallEnded from None
-        self._engine = binding
+        self.responder.attach(binding.session)
         if self.queued:
             self.events.send(SessionQueueDone(waited_s=round(binding.waited_s, 2)))
-        tasks.create_task(self.loop.run_ticker(), name=f"{self.call_id}:ticker")
-        tasks.create_task(self.loop.run_stepper(), name=f"{self.call_id}:stepper")
+        await self.loop.run(binding)
 
     def _on_queue(self, position: int, estimated_wait_s: float, queue_length: int) -> None:
         self.queued = True
@@ -273,7 +268,7 @@ class Call:
     def _on_audio(self, converted: Converted, now: float) -> None:
         samples, gap = converted.samples, converted.gap
         self.audio_in_ms += samples.size * 1000 / INPUT_RATE
-        if self._engine is not None:
+        if self.loop.binding is not None:
             # Units start with the engine session (not while the call waits in the queue).
             self.slicer.append(samples, now, gap, converted.missing, converted.quiet)
         events = self.vad.feed(np.zeros(min(gap, INPUT_RATE), dtype=np.float32)) if gap else []
@@ -281,102 +276,12 @@ class Call:
         for event in events:
             if event.edge is SpeechEdge.STARTED:
                 self.speech_segments += 1
-                self._barged_in = False
+                self.responder.speech_started()
                 self.events.send(SpeechStarted(at_ms=event.at_ms))
             else:
                 self.events.send(SpeechStopped(at_ms=event.at_ms))
-        if (
-            self.vad.speaking
-            and not self._barged_in
-            and self.speaking
-            and self.vad.voiced_ms >= self.config.barge_in_ms
-        ):
-            self._barged_in = True
-            self.interrupt("barge_in")
-
-    # ------------------------------------------------------------ engine
-
-    @property
-    def speaking(self) -> bool:
-        """Whether the service is talking (speech queued, or the engine mid-turn)."""
-        return self.playout.level > 0 or self._engine_speaking
-
-    def interrupt(self, reason: str) -> None:
-        """Barge-in: the engine stops, queued speech is dropped at once."""
-        self.interrupts += 1
-        self._epoch += 1
-        self._engine_speaking = False
-        if self._engine is not None:
-            self._engine.session.interrupt()
-        cleared = self.playout.clear()
-        self.events.send(
-            ResponseInterrupted(
-                reason="barge_in" if reason == "barge_in" else "client_cancel",
-                cleared_ms=cleared * 1000 // WIRE_RATE,
-            )
-        )
-
-    async def _step(self, unit: Unit, raw: Sequence[object]) -> StepResult:
-        engine = self._engine
-        if engine is None:
-            raise RuntimeError("no engine session")
-        self._step_epoch = self._epoch
-        frames = [f for f in raw if isinstance(f, RawFrame)]
-
-        def work() -> StepResult:
-            if frames:
-                converted = tuple(f.to_frame() for f in frames)
-                return engine.session.step(
-                    Unit(
-                        index=unit.index,
-                        start_ms=unit.start_ms,
-                        audio=unit.audio,
-                        frames=converted,
-                        captured_at=unit.captured_at,
-                        missing_ms=unit.missing_ms,
-                    )
-                )
-            return engine.session.step(unit)
-
-        return await asyncio.get_running_loop().run_in_executor(engine.executor, work)
-
-    async def _on_result(self, unit: Unit, result: StepResult, timing: StepTiming) -> None:
-        stale = self._step_epoch != self._epoch
-        speak = not result.listen and not stale
-        text = result.text if not stale else ""
-        self._engine_speaking = speak and not result.end_of_turn
-        timings = {
-            "wait_ms": round(timing.wait_ms, 1),
-            "late_ms": round(timing.late_ms, 1),
-            "step_ms": round(timing.step_ms, 1),
-        }
-        timings.update({f"engine_{k}": round(v, 1) for k, v in result.timings.items()})
-        if result.heard:
-            self.events.send(InputTranscript(text=result.heard, unit=unit.index))
-        if text:
-            self.events.send(OutputTextDelta(delta=text, unit=unit.index))
-        self.events.send(
-            UnitDone(
-                index=unit.index,
-                state="speak" if speak else "listen",
-                text=text,
-                end_of_turn=result.end_of_turn and not stale,
-                timings=timings,
-                dropped_units=timing.dropped_units,
-                missing_ms=unit.missing_ms,
-            )
-        )
-        if speak and result.audio is not None and result.audio.size:
-            await self.playout.push(self._speech_out.convert(result.audio))
-
-    def _on_step_error(self, unit: Unit, exc: Exception) -> None:
-        self.events.send(ErrorEvent("engine_error", f"unit {unit.index}: {exc}"))
-
-    # ------------------------------------------------------------ outbound
-
-    async def _next_out_frame(self) -> Any:
-        frame = await self.pacer.next_frame()
-        return pcm_frame(frame.samples, frame.pts)
+        if self.vad.speaking:
+            self.responder.voice(self.vad.voiced_ms)
 
     # ------------------------------------------------------------ events
 
@@ -396,9 +301,13 @@ class Call:
         if isinstance(event, Ping):
             self.events.send(Pong(id=event.id, t=event.t))
         elif isinstance(event, ResponseCancel):
-            self.interrupt("client_cancel")
+            self.responder.interrupt("client_cancel")
 
     # ------------------------------------------------------------ figures
+
+    @property
+    def interrupts(self) -> int:
+        return self.responder.interrupts
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(self)

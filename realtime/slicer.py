@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,6 +32,35 @@ _OFFSET_WINDOW_UNITS = 10
 _MIN_UNITS_FOR_DRIFT = 4
 MAX_DRIFT = 0.05
 """Largest clock drift followed, in seconds per second (5 %); more is not a clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnitAudio:
+    """One unit's audio, cut from the stream; it becomes a ``Unit`` once with its frames."""
+
+    index: int
+    audio: NDArray[np.float32]
+    """16 kHz mono float32, shape (UNIT_SAMPLES,); silence where media is missing."""
+    captured_at: float
+    """Monotonic time when the unit's last sample arrived (0.0: it never did)."""
+    missing_ms: int
+    """How much of the unit is silence because media did not arrive."""
+
+    @property
+    def start_ms(self) -> int:
+        """Start on the call's media clock (from the sample count, not wall time)."""
+        return self.index * UNIT_MS
+
+    def with_frames(self, frames: tuple[Frame, ...]) -> Unit:
+        """The engine's unit: this audio and the video frames sampled during it."""
+        return Unit(
+            index=self.index,
+            start_ms=self.start_ms,
+            audio=self.audio,
+            frames=frames,
+            captured_at=self.captured_at,
+            missing_ms=self.missing_ms,
+        )
 
 
 class UnitSlicer:
@@ -167,7 +197,7 @@ class UnitSlicer:
         # is the least delayed path through the network.
         self._anchor = min(o + self.drift * (latest - u) for u, o in self._offsets)
 
-    def take(self, frames: tuple[Frame, ...] = ()) -> Unit:
+    def take(self) -> UnitAudio:
         """Finalize the oldest open unit (silence where audio is missing)."""
         index = self._open_index
         start = index * UNIT_SAMPLES
@@ -181,11 +211,9 @@ class UnitSlicer:
         self.missing_samples += tail + skipped
         while self._holes and self._holes[0][1] <= end:
             self._holes.popleft()
-        unit = Unit(
+        unit = UnitAudio(
             index=index,
-            start_ms=index * UNIT_MS,
             audio=audio,
-            frames=frames,
             captured_at=self._completed.popleft() if self._completed else 0.0,
             missing_ms=(tail + skipped) * 1000 // INPUT_RATE,
         )

@@ -6,8 +6,19 @@ Two tasks share a bounded hand-over:
   (``anchor + (n + 1) s``, plus a grace for late packets; no grace while the sender is quiet
   in DTX) when audio is missing.  The schedule
   is absolute: nothing accumulates from one unit to the next, so it cannot drift.
-* the stepper hands each unit to the engine (on the engine's own thread, through ``step``) and
-  passes the result on.
+* the stepper hands each unit to the engine and passes the result to the call's ``StepSink``.
+  The loop owns the call's engine binding: ``run(binding)`` builds each ``Unit`` once, with its
+  video frames converted, on the replica's own thread, and steps the session there.
+
+Fault policy (what the call does when its engine misbehaves):
+
+* a step that raises, or returns a result that breaks the contract (``check_result``), is
+  reported (``StepSink.failed``: an ``error`` event) and the next unit goes on;
+  ``max_consecutive_errors`` such steps in a row raise EngineFailing: the call ends with
+  ``engine_error`` and ``broken`` asks for its replica to be rebuilt;
+* a step still running after ``step_timeout_s`` raises EngineHung: the call ends at once with
+  ``engine_timeout``, and ``broken`` tells the engine source that the replica's thread is
+  stuck: the replica is rebuilt on a fresh thread and the stuck one is abandoned.
 
 Overrun policy: while the engine is slower than real time, units wait in a queue of at most
 ``max_pending`` units.  When a new unit arrives at a full queue the oldest waiting unit is
@@ -24,9 +35,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from omni.api import StepResult, Unit
+from omni.api import EngineBinding, Frame, StepResult, Unit, check_result
 from realtime.clock import Clock
-from realtime.slicer import UnitSlicer
+from realtime.errors import EngineFailing, EngineHung
+from realtime.slicer import UnitAudio, UnitSlicer
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +54,59 @@ class StepTiming:
     """Units dropped (overrun) since the previous step."""
 
 
+class PendingFrame(Protocol):
+    """A video frame picked for a unit, not yet converted for the engine."""
+
+    def to_frame(self, max_side: int) -> Frame:
+        """The engine's frame (RGB, long side at most ``max_side``); costly, so it runs on
+        the replica's thread."""
+        ...
+
+
 class FramePicker(Protocol):
     """Hands the unit loop the video frames sampled during one unit."""
 
-    def pick(self, index: int) -> Sequence[object]: ...
+    def pick(self, index: int) -> Sequence[PendingFrame]: ...
 
 
 class NoFrames:
-    def pick(self, index: int) -> Sequence[object]:
+    def pick(self, index: int) -> Sequence[PendingFrame]:
         return ()
 
 
-StepFn = Callable[[Unit, Sequence[object]], Awaitable[StepResult]]
-ResultFn = Callable[[Unit, StepResult, StepTiming], Awaitable[None]]
-ErrorFn = Callable[[Unit, Exception], None]
+class StepSink(Protocol):
+    """Where the unit loop reports each step (the call's engine side)."""
+
+    def stepping(self, index: int) -> None:
+        """Unit ``index`` goes to the engine now."""
+        ...
+
+    async def result(self, unit: Unit, result: StepResult, timing: StepTiming) -> None:
+        """What the engine did with ``unit``; the next step waits for this to return."""
+        ...
+
+    def failed(self, index: int, exc: Exception) -> None:
+        """The step of unit ``index`` raised ``exc``."""
+        ...
 
 
-class EngineFailing(RuntimeError):
-    """The engine failed on several units in a row; the call should end."""
+Stepper = Callable[[UnitAudio, Sequence[PendingFrame]], Awaitable[tuple[Unit, StepResult]]]
+"""Builds the unit from its audio and frames, and steps the engine with it."""
+
+
+def on_replica(binding: EngineBinding) -> Stepper:
+    """Steps ``binding``'s session on its replica's thread (never on the event loop)."""
+
+    def work(audio: UnitAudio, frames: Sequence[PendingFrame]) -> tuple[Unit, StepResult]:
+        unit = audio.with_frames(tuple(f.to_frame(binding.frame_side) for f in frames))
+        return unit, binding.session.step(unit)
+
+    async def step(audio: UnitAudio, frames: Sequence[PendingFrame]) -> tuple[Unit, StepResult]:
+        return await asyncio.get_running_loop().run_in_executor(
+            binding.executor, work, audio, frames
+        )
+
+    return step
 
 
 class UnitLoop:
@@ -67,28 +114,34 @@ class UnitLoop:
         self,
         slicer: UnitSlicer,
         clock: Clock,
-        step: StepFn,
-        on_result: ResultFn,
-        on_error: ErrorFn,
+        sink: StepSink,
         *,
         grace_ms: int,
         max_pending: int,
         frames: FramePicker | None = None,
         no_audio_s: float = 2.0,
         max_consecutive_errors: int = 3,
+        step_timeout_s: float = 15.0,
     ) -> None:
         self._slicer = slicer
         self._clock = clock
-        self._step = step
-        self._on_result = on_result
-        self._on_error = on_error
+        self._sink = sink
         self._grace = grace_ms / 1000
         self._frames: FramePicker = frames or NoFrames()
         self._no_audio_s = no_audio_s
         self._max_errors = max_consecutive_errors
-        self._pending: deque[tuple[Unit, Sequence[object], float]] = deque(maxlen=max_pending)
+        self._step_timeout = step_timeout_s
+        self._pending: deque[tuple[UnitAudio, Sequence[PendingFrame], float]] = deque(
+            maxlen=max_pending
+        )
         self._has_pending = asyncio.Event()
         self._dropped_since_step = 0
+        self.binding: EngineBinding | None = None
+        """The engine session the loop steps, once ``run`` has it."""
+        self.broken: str | None = None
+        """Why the session's replica must be rebuilt (it hung or kept failing); None if not."""
+        self.hung = False
+        """A step never returned: the replica's thread is stuck."""
         self.units = 0
         self.steps = 0
         self.dropped_units = 0
@@ -96,6 +149,14 @@ class UnitLoop:
         self.step_ms: deque[float] = deque(maxlen=600)
         self.wait_ms: deque[float] = deque(maxlen=600)
         self.late_ms: deque[float] = deque(maxlen=600)
+
+    async def run(self, binding: EngineBinding) -> None:
+        """Cut units and step ``binding``'s session with them until cancelled; raises
+        EngineFailing after ``max_consecutive_errors`` failed steps in a row."""
+        self.binding = binding
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.run_ticker(), name="unit-ticker")
+            tasks.create_task(self.run_stepper(on_replica(binding)), name="unit-stepper")
 
     async def run_ticker(self) -> None:
         slicer, clock = self._slicer, self._clock
@@ -110,8 +171,8 @@ class UnitLoop:
                 # Packets may still be on their way; a sender in DTX sends none.
                 await clock.wait_until(slicer.reached, due + self._grace)
             window_end = slicer.due_time(index)
-            raw = self._frames.pick(index)
-            unit = slicer.take()
+            frames = self._frames.pick(index)
+            audio = slicer.take()
             self.units += 1
             if len(self._pending) == self._pending.maxlen:
                 lost = self._pending[0][0]
@@ -122,30 +183,39 @@ class UnitLoop:
                     lost.index,
                     extra={"unit": lost.index, "pending": len(self._pending)},
                 )
-            self._pending.append((unit, raw, window_end))
+            self._pending.append((audio, frames, window_end))
             self._has_pending.set()
 
-    async def run_stepper(self) -> None:
+    async def run_stepper(self, step: Stepper) -> None:
         consecutive_errors = 0
         while True:
             await self._has_pending.wait()
-            unit, raw, due = self._pending.popleft()
+            audio, frames, due = self._pending.popleft()
             if not self._pending:
                 self._has_pending.clear()
             start = self._clock.now()
-            arrived = unit.captured_at or due + self._grace
+            arrived = audio.captured_at or due + self._grace
             dropped, self._dropped_since_step = self._dropped_since_step, 0
+            self._sink.stepping(audio.index)
             try:
-                result = await self._step(unit, raw)
+                unit, stepped = await self._bounded(step(audio, frames), audio.index)
+                result = check_result(stepped)
+            except EngineHung as exc:
+                self.errors += 1
+                self.hung = True
+                self.broken = str(exc)
+                log.error("%s", exc, extra={"unit": audio.index})
+                raise
             except Exception as exc:
                 self.errors += 1
                 consecutive_errors += 1
-                log.exception("engine step failed on unit %d", unit.index)
+                log.exception("engine step failed on unit %d", audio.index)
                 self._dropped_since_step += dropped
-                self._on_error(unit, exc)
+                self._sink.failed(audio.index, exc)
                 if consecutive_errors >= self._max_errors:
+                    self.broken = f"{consecutive_errors} failed steps in a row"
                     raise EngineFailing(
-                        f"engine failed on {consecutive_errors} units in a row"
+                        f"engine failed on {consecutive_errors} units in a row: {exc}"
                     ) from exc
                 continue
             consecutive_errors = 0
@@ -166,4 +236,24 @@ class UnitLoop:
                     timing.step_ms,
                     extra={"unit": unit.index, "step_ms": round(timing.step_ms)},
                 )
-            await self._on_result(unit, result, timing)
+            await self._sink.result(unit, result, timing)
+
+    async def _bounded(
+        self, work: Awaitable[tuple[Unit, StepResult]], index: int
+    ) -> tuple[Unit, StepResult]:
+        """``work``'s result, or EngineHung once it has run ``step_timeout_s`` (the thread it
+        runs on cannot be stopped: it is left to finish, or not, on its own)."""
+        task = asyncio.ensure_future(work)
+        finished = asyncio.Event()
+        task.add_done_callback(lambda _: finished.set())
+        try:
+            deadline = self._clock.now() + self._step_timeout
+            if not await self._clock.wait_until(finished, deadline):
+                raise EngineHung(
+                    f"the engine's step of unit {index} ran past {self._step_timeout:g} s"
+                )
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from signaling.cluster.worker import ClusterWorker
 from signaling.http_server import GuardedAppRunner, HttpLimits, fit_to_open_files
 from signaling.logctx import CallIdFilter
 from signaling.settings import Settings, SettingsError, load_settings
+from signaling.tls import TlsError, machine_names, self_signed, self_signed_context, server_context
 
 log = logging.getLogger("omnirtc")
 
@@ -92,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--processes", type=int, help="worker processes to start on this machine (workers)"
     )
+    serve.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (chain) file")
+    serve.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-self-signed",
+        action="store_const",
+        const=True,
+        help="serve HTTPS with a certificate made at start for this machine",
+    )
     replay = commands.add_parser(
         "replay",
         help="run a recorded audio or video file through an engine, offline, unit by unit",
@@ -116,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         config = DEFAULT_CONFIG
     overrides: dict[str, Any] = {"engine.name": args.engine}
     if args.command == "serve":
-        overrides.update({"server.host": args.host, "server.port": args.port})
         overrides.update(
             {
+                "server.host": args.host,
+                "server.port": args.port,
+                "server.tls_cert": args.tls_cert,
+                "server.tls_key": args.tls_key,
+                "server.tls_self_signed": args.tls_self_signed,
                 "cluster.role": args.role,
                 "cluster.redis_url": args.redis_url,
                 "cluster.processes": args.processes,
@@ -172,10 +187,7 @@ which some systems refuse)."""
 
 def _engine(settings: Settings, replicas: int) -> Engine:
     return build_engine(
-        settings.engine.name,
-        replicas,
-        settings.server.max_calls,
-        settings.engine.configs(),
+        dataclasses.replace(settings.engine, replicas=replicas), settings.server.max_calls
     )
 
 
@@ -185,7 +197,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         engine = _engine(settings, replicas=1)
-        units = read_units(args.input, settings.call.video_frames_per_unit)
+        units = read_units(args.input, settings.call.video_frames_per_unit, engine.info.frame_side)
         config = SessionConfig(instructions=args.instructions, language=Language(args.language))
         replayed = run(engine, units, config)
         written = write_outputs(args.input, args.output, replayed, engine.info.name)
@@ -233,9 +245,14 @@ async def _run(settings: Settings, open_files: int | None) -> int:
             max_connections,
             open_files,
         )
+    try:
+        tls = _tls_context(settings)
+    except TlsError as exc:
+        log.error("%s", exc)
+        return 2
     runner = GuardedAppRunner(app, HttpLimits.from_settings(settings.server, max_connections))
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:
@@ -247,7 +264,8 @@ async def _run(settings: Settings, open_files: int | None) -> int:
     host = settings.server.host
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     port = runner.addresses[0][1] if runner.addresses else settings.server.port
-    log.info("omnirtc serving %s: open http://%s:%s/ to call", what, shown, port)
+    scheme = "https" if tls is not None else "http"
+    log.info("omnirtc serving %s: open %s://%s:%s/ to call", what, scheme, shown, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -259,6 +277,17 @@ async def _run(settings: Settings, open_files: int | None) -> int:
         log.info("shutting down")
         await runner.cleanup()
     return 0
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    server = settings.server
+    if server.tls_cert:
+        return server_context(server.tls_cert, server.tls_key)
+    if not server.tls_self_signed:
+        return None
+    made = self_signed(*machine_names(server.host))
+    log.info("HTTPS with a self-signed certificate, SHA-256 fingerprint %s", made.fingerprint)
+    return self_signed_context(made)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from aiohttp import web
 from omni.pool import ReplicaPool
 from realtime.clock import LoopClock
 from realtime.patches import install_patches
-from signaling import handlers
+from signaling import handlers, whip
 from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
 from signaling.body_timeout import body_timeout_middleware
 from signaling.cluster.worker import ClusterWorker
@@ -39,7 +39,7 @@ def create_app(
         raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
     # issue 10: metrics, and the cluster worker's admission check, registry and hooks
     metrics = Metrics(worker.worker_id if worker else default_worker_name())
-    extra = [metrics.middleware] + ([worker.middleware] if worker else [])
+    extra = [worker.middleware] if worker else []
     hooks = (metrics, worker) if worker else (metrics,)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
@@ -47,6 +47,7 @@ def create_app(
         # timeout runs inside the error mapper, which turns it into a 408.
         middlewares=[
             cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
+            metrics.middleware,
             error_middleware,
             *extra,
             body_timeout_middleware(settings.server.body_timeout_s),
@@ -66,6 +67,9 @@ def create_app(
     app.router.add_post("/v1/calls", handlers.create_call)
     app.router.add_get("/v1/calls/{call_id}", handlers.get_call)
     app.router.add_delete("/v1/calls/{call_id}", handlers.delete_call)
+    app.router.add_post("/v1/whip", whip.create)
+    app.router.add_patch("/v1/whip/{call_id}", whip.patch)
+    app.router.add_delete("/v1/whip/{call_id}", whip.delete)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -34,8 +34,8 @@ from signaling.errors import ApiError, error_response
 
 CORS_PATH_PREFIXES = ("/v1/", "/static/")
 """Paths other origins may use: the API and the client module (and the page's assets)."""
-ALLOWED_HEADERS = ("Content-Type", "Authorization")
-EXPOSED_HEADERS = ("Location", "Retry-After")
+ALLOWED_HEADERS = ("Content-Type", "Authorization", "If-Match")
+EXPOSED_HEADERS = ("Location", "Retry-After", "ETag", "Link", "Accept-Patch")
 PREFLIGHT_MAX_AGE_S = 600
 
 

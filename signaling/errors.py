@@ -1,4 +1,9 @@
-"""The one place where errors become HTTP responses: JSON ``{"error": {code, message}}``."""
+"""The one place where errors become HTTP responses: JSON ``{"error": {code, message}}``.
+
+``to_api_error`` maps any failure (ours, the call runtime's, the engines', aiohttp's, or an
+ExceptionGroup of them, every member read) to the response a client gets; the middleware and
+the call manager both use it.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,38 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import http_exceptions, web
 
-from realtime.errors import CallError
+from omni.errors import EngineBusy, EngineError
+from realtime.errors import CallError, leaves
 from signaling.body_timeout import BodyTimeout
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+RETRY_AFTER_S = 5
+"""What a busy or starting server tells clients to wait before they try again (s)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
+    """An HTTP error response: ``status``, a stable ``code`` and a message for people."""
+
     def __init__(
         self,
         status: int,
         code: str,
         message: str,
         headers: Mapping[str, str] | None = None,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        self.close = close
+        """Close the connection after answering (the rest of the body may be on its way)."""
 
 
 def busy(message: str, retry_after_s: int) -> ApiError:
@@ -37,11 +51,14 @@ def busy(message: str, retry_after_s: int) -> ApiError:
 
 
 def error_response(error: ApiError) -> web.Response:
-    return web.json_response(
+    response = web.json_response(
         {"error": {"code": error.code, "message": error.message}},
         status=error.status,
         headers=error.headers,
     )
+    if error.close:
+        response.force_close()
+    return response
 
 
 _HTTP_CODES = {
@@ -88,28 +105,34 @@ def _protocol_message(exc: http_exceptions.HttpProcessingError) -> str:
     return "the request is not valid HTTP/1.x"
 
 
-def from_call_error(exc: CallError) -> ApiError:
-    return ApiError(400, exc.code, str(exc))
+def to_api_error(exc: BaseException, where: str = "") -> ApiError:
+    """The response for ``exc``: the first member of a known kind wins (our own ApiError, then
+    a call's or an engine's error, then a broken body); anything else is logged here, with
+    its traceback, and answered 500 with no details."""
+    found = leaves(exc)
+    for leaf in found:
+        if isinstance(leaf, ApiError):
+            return leaf
+    for leaf in found:
+        if isinstance(leaf, CallError):
+            return ApiError(400, leaf.code, str(leaf))
+        if isinstance(leaf, EngineBusy):
+            return busy(str(leaf), RETRY_AFTER_S)
+        if isinstance(leaf, EngineError):
+            return ApiError(503, leaf.code, str(leaf), {"Retry-After": str(RETRY_AFTER_S)})
+        if isinstance(leaf, BodyTimeout):
+            return ApiError(408, "body_timeout", str(leaf), close=True)
+        if isinstance(leaf, web.RequestPayloadError):
+            # The body's framing broke mid-way (chunk sizes, Content-Length, compression).
+            return ApiError(400, "bad_request", "the request body is malformed", close=True)
+    log.error("unhandled error%s", f" on {where}" if where else "", exc_info=exc)
+    return ApiError(500, "internal_error", "internal error")
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc)
-    except CallError as exc:
-        return error_response(from_call_error(exc))
-    except BodyTimeout as exc:
-        # The rest of the body may still be on its way: answer, then close the connection.
-        response = error_response(ApiError(408, "body_timeout", str(exc)))
-        response.force_close()
-        return response
-    except web.RequestPayloadError:
-        # The body's framing broke mid-way (chunk sizes, Content-Length, compression).
-        response = error_response(ApiError(400, "bad_request", "the request body is malformed"))
-        response.force_close()
-        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -120,6 +143,5 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"the request body is larger than {limit} bytes" if limit else message
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(ApiError(exc.status, code, message, headers))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(ApiError(500, "internal_error", "internal error"))
+    except Exception as exc:
+        return error_response(to_api_error(exc, f"{request.method} {request.path}"))

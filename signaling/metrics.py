@@ -15,6 +15,7 @@ name of a single process), so one dashboard shows each worker of a cluster.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -25,9 +26,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from realtime.errors import CallError
 from realtime.session import Call
-from signaling.errors import ApiError, Handler
+from signaling.errors import Handler
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ SAMPLE_INTERVAL_S = 10.0
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 ADMISSION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-CALLS_PATH = "/v1/calls"
+OFFER_PATHS = ("/v1/calls", "/v1/whip")
 
 
 def default_worker_name() -> str:
@@ -155,28 +155,23 @@ class Metrics:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Counts every offer's result and times admitted ones (inside the error mapper)."""
-        if request.method != "POST" or request.path != CALLS_PATH:
+        """Counts every offer's result and times admitted ones.  It sits outside the error
+        mapper, so it sees every answer as a response, errors included."""
+        if request.method != "POST" or request.path not in OFFER_PATHS:
             return await handler(request)
         start = time.perf_counter()
         try:
             response = await handler(request)
-        except ApiError as exc:
-            self.admission(_result(exc.status, exc.code))
-            raise
-        except CallError:
-            self.admission("rejected")
-            raise
         except web.HTTPException as exc:
             self.admission(_result(exc.status, ""))
             raise
-        except Exception:
+        except BaseException:
             self.admission("error")
             raise
         if response.status == 201:
             self.admission("admitted", time.perf_counter() - start)
         else:
-            self.admission(_result(response.status, ""))
+            self.admission(_result(response.status, _error_code(response)))
         return response
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
@@ -198,6 +193,18 @@ def _result(status: int, code: str) -> str:
     if status == 503:
         return "busy"
     return "rejected" if status < 500 else "error"
+
+
+def _error_code(response: web.StreamResponse) -> str:
+    """The ``code`` of one of our JSON error bodies ('' for anything else)."""
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes) or len(body) > 4096:
+        return ""
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return code if isinstance(code, str) else ""
 
 
 def _last(values: Iterable[float], count: int) -> list[float]:

@@ -2,8 +2,9 @@
 
 ``CallManager.create`` admits a call (an explicit slot count, and for engine calls a free
 replica or a place in the replica queue), negotiates it and starts it in the manager's
-TaskGroup.  The call itself then takes a replica (``PoolEngineSource``), waiting in the queue
-if need be, and gives it back when it ends, however it ends.
+TaskGroup.  The call itself then takes a replica (through the source the pool lends it),
+waiting in the queue if need be, and gives it back when it ends, however it ends.  Nothing here
+touches a replica or its thread.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from omni.api import Language, SessionConfig
-from omni.pool import QueueFull, QueuePosition, ReplicaPool, Ticket
-from realtime.binding import EngineBinding, QueueCallback
+from omni.api import EngineSource, Language, SessionConfig
+from omni.errors import EngineBusy
+from omni.pool import ReplicaPool
 from realtime.clock import Clock
-from realtime.errors import CallError, EngineBusy, EngineUnavailableError
 from realtime.session import Call, CallMode
-from signaling.errors import ApiError, busy, from_call_error
+from signaling.errors import RETRY_AFTER_S, ApiError, busy, to_api_error
 from signaling.hooks import CallHooks
 from signaling.logctx import bind_call_id
 from signaling.messages import CallRequest
@@ -33,12 +33,14 @@ from signaling.settings import Settings
 log = logging.getLogger(__name__)
 
 _ENDED_KEPT = 256
-_RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
+    """A call that was admitted and negotiated."""
+
     call_id: str
+    """``call_`` + 16 random hex digits."""
     answer_sdp: str
 
 
@@ -46,57 +48,10 @@ def new_call_id() -> str:
     return "call_" + secrets.token_hex(8)
 
 
-class PoolEngineSource:
-    """Lends a call the replica its ticket claimed (realtime.session.EngineSource)."""
-
-    def __init__(self, pool: ReplicaPool, ticket: Ticket, config: SessionConfig) -> None:
-        self._pool = pool
-        self._ticket = ticket
-        self._config = config
-
-    @property
-    def queued(self) -> bool:
-        return self._ticket.queued
-
-    async def open(self, on_queue: QueueCallback) -> EngineBinding:
-        def told(where: QueuePosition) -> None:
-            on_queue(where.position, where.estimated_wait_s, where.queue_length)
-
-        try:
-            lease = await self._ticket.wait(told)
-        except QueueFull as exc:
-            raise EngineBusy(str(exc)) from None
-        loop = asyncio.get_running_loop()
-        opening = loop.run_in_executor(lease.executor, lease.replica.open_session, self._config)
-        try:
-            session = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # The call ended while the session was being opened: finish, then clean up; the
-            # call's close() gives the replica back.
-            opened = await opening
-            await loop.run_in_executor(lease.executor, opened.close)
-            raise
-        except Exception as exc:
-            log.exception("could not open an engine session")
-            raise EngineUnavailableError(f"the engine could not open a session: {exc}") from None
-        return EngineBinding(self._pool.info.name, session, lease.executor, lease.waited_s)
-
-    async def close(self, binding: EngineBinding | None) -> None:
-        lease = self._ticket.lease
-        try:
-            if binding is not None:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(binding.executor, binding.session.close)
-        except Exception as exc:
-            if lease is not None:
-                self._pool.mark_broken(lease, f"session cleanup failed: {exc}")
-                self._ticket.lease = None  # a broken replica is not handed back as free
-            raise
-        finally:
-            self._ticket.cancel()
-
-
 class CallManager:
+    """Admits calls, runs each in the app's TaskGroup, and keeps the snapshots of the last
+    ended ones.  Every method raises ApiError (with the HTTP status to answer) on refusal."""
+
     def __init__(
         self,
         settings: Settings,
@@ -132,34 +87,42 @@ class CallManager:
         voice: NDArray[np.float32] | None,
         call_id: str | None = None,  # issue 10: a gateway names the calls it places here
     ) -> Admitted:
+        """Admit, negotiate and start a call; ``voice`` is a 16 kHz mono float32 clip.
+
+        Raises ApiError: 503 ``busy`` (with Retry-After) at the call limit or with the engine
+        queue full, 503 ``not_ready`` while the engine warms up, 400 for an offer that cannot
+        be answered (``invalid_sdp``, ``unsupported_codec``)."""
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
         mode = CallMode(request.session.mode)
         if len(self._calls) + self._admitting >= self.max_calls:
-            raise busy(f"the server is at its limit of {self.max_calls} calls", _RETRY_AFTER_S)
-        source = None
+            raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
+        source: EngineSource | None = None
+        queued = False
         if mode is CallMode.ENGINE:
             if not self._pool.ready:
                 raise ApiError(
                     503,
                     "not_ready",
                     self._pool.error or "the engine is still warming up",
-                    {"Retry-After": str(_RETRY_AFTER_S)},
+                    {"Retry-After": str(RETRY_AFTER_S)},
                 )
-            try:
-                ticket = self._pool.join()
-            except QueueFull:
-                raise busy(
-                    f"every engine replica is in a call and {self._pool.queued} calls wait",
-                    _RETRY_AFTER_S,
-                ) from None
             config = SessionConfig(
                 instructions=request.session.instructions,
                 language=Language(request.session.language),
                 voice=voice,
             )
-            source = PoolEngineSource(self._pool, ticket, config)
+            try:
+                lent = self._pool.lend(config)
+                source, queued = lent, lent.queued
+            except EngineBusy:
+                raise busy(
+                    f"every engine replica is in a call and {self._pool.queued} calls wait",
+                    RETRY_AFTER_S,
+                ) from None
         if call_id in self._calls or call_id in self._ended:  # issue 10
+            if source is not None:
+                await source.close(None)
             raise ApiError(409, "call_exists", f"a call with id {call_id!r} exists already")
         self._admitting += 1
         call_id = call_id or new_call_id()
@@ -177,20 +140,20 @@ class CallManager:
             if source is not None:
                 await source.close(None)
             await call.peer.close()
-            if isinstance(exc, CallError):
-                raise from_call_error(exc) from None
+            if isinstance(exc, Exception):
+                raise to_api_error(exc, f"negotiating call {call_id}") from None
             raise
         finally:
             self._admitting -= 1
         self._calls[call_id] = call
         self.total_calls += 1
         for hook in self._hooks:  # issue 10
-            hook.admitted(call, source is not None and source.queued)
+            hook.admitted(call, queued)
         self._tasks.create_task(self._run(call, source), name=f"call:{call_id}")
         log.info("call admitted", extra={"call_id": call_id, "mode": mode.value})
         return Admitted(call_id, answer)
 
-    async def _run(self, call: Call, source: PoolEngineSource | None) -> None:
+    async def _run(self, call: Call, source: EngineSource | None) -> None:
         bind_call_id(call.call_id)  # issue 10: on every log line of the call's tasks
         try:
             await call.run(source)
@@ -206,6 +169,14 @@ class CallManager:
                     await hook.ended(call)
                 except Exception:
                     log.exception("a hook failed on the end of call %s", call.call_id)
+
+    def live(self, call_id: str) -> Call:
+        """The call ``call_id`` while it runs; raises ApiError 404 once it has ended or when
+        there never was one."""
+        call = self._calls.get(call_id)
+        if call is None:
+            raise ApiError(404, "unknown_call", f"no live call with id {call_id!r}")
+        return call
 
     def snapshot(self, call_id: str) -> dict[str, Any]:
         call = self._calls.get(call_id)

@@ -25,11 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from omni.api import require
-from omni.echo import EchoConfig
-from omni.engines import ENGINE_NAMES, EngineConfigs
-from omni.lite.config import LiteConfig
-from omni.llamacpp.config import LlamaCppConfig
-from omni.minicpmo.config import MiniCPMOConfig
+from omni.engines import EngineSettings
 from realtime.config import CallConfig, PeerConfig
 from signaling.cluster.config import ClusterSettings
 
@@ -61,6 +57,12 @@ class ServerSettings:
     complete request headers is closed to admit a new one."""
     max_header_bytes: int = 8190
     """Longest request line, and longest header field (name and value)."""
+    tls_cert: str = ""
+    """PEM certificate (chain) file: serve HTTPS (with ``tls_key``)."""
+    tls_key: str = ""
+    """PEM private key file of ``tls_cert``."""
+    tls_self_signed: bool = False
+    """Serve HTTPS with a certificate made at start for this machine (browsers warn once)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, "port must be 0..65535")
@@ -83,6 +85,19 @@ class ServerSettings:
         require(0.1 <= self.body_timeout_s <= 3600, "body_timeout_s must be 0.1..3600")
         require(8 <= self.max_connections <= 1_000_000, "max_connections must be 8..1000000")
         require(1024 <= self.max_header_bytes <= 65536, "max_header_bytes must be 1024..65536")
+        require(
+            bool(self.tls_cert) == bool(self.tls_key),
+            "tls_cert and tls_key go together: set both or neither",
+        )
+        require(
+            not (self.tls_self_signed and self.tls_cert),
+            "tls_self_signed makes its own certificate: do not also set tls_cert",
+        )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks HTTPS."""
+        return bool(self.tls_cert) or self.tls_self_signed
 
 
 def _is_origin(text: str) -> bool:
@@ -98,30 +113,6 @@ def _is_origin(text: str) -> bool:
         and "@" not in parts.netloc
         and (port is None or parts.netloc.endswith(f":{port}"))
     )
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    name: str = "auto"
-    replicas: int = 0
-    """Model replicas (engine calls served at once); 0 = the engine's default."""
-    max_queue: int = 4
-    """Calls that may wait for a free replica; more are refused with 503."""
-    echo: EchoConfig = field(default_factory=EchoConfig)
-    lite: LiteConfig = field(default_factory=LiteConfig)
-    minicpmo: MiniCPMOConfig = field(default_factory=MiniCPMOConfig)
-    llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
-
-    def configs(self) -> EngineConfigs:
-        """Every engine's settings, as omni.engines.build_engine takes them."""
-        return EngineConfigs(
-            echo=self.echo, lite=self.lite, minicpmo=self.minicpmo, llamacpp=self.llamacpp
-        )
-
-    def __post_init__(self) -> None:
-        require(self.name in ENGINE_NAMES, f"name must be one of {', '.join(ENGINE_NAMES)}")
-        require(0 <= self.replicas <= 64, "replicas must be 0..64")
-        require(0 <= self.max_queue <= 1000, "max_queue must be 0..1000")
 
 
 @dataclass(frozen=True, slots=True)

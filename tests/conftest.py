@@ -69,12 +69,7 @@ async def start_server(loop_watch: LoopWatch | None) -> AsyncIterator[ServerFact
     async def start(pool: ReplicaPool | None = None, **overrides: Any) -> RunningServer:
         settings = test_settings(**overrides)
         if pool is None:
-            engine = build_engine(
-                settings.engine.name,
-                settings.engine.replicas,
-                settings.server.max_calls,
-                settings.engine.configs(),
-            )
+            engine = build_engine(settings.engine, settings.server.max_calls)
             pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
         app = create_app(settings, pool)
         server = TestServer(app, host="127.0.0.1", port=0)

@@ -14,11 +14,18 @@ The questions are spoken by Piper when the lite engine's packages are installed,
 from --question WAV files (16-bit, any rate).  For MiniCPM-o on a GPU:
 
     .venv/bin/python tools/bench_engine.py --engine minicpmo --turns 8
+
+Without weights, on any CUDA machine: a full-size MiniCPM-o with random weights, built on the
+GPU from the model's configuration (no download; the streaming vocoder is the test stand-in,
+so token2wav time is not measured), from a copy of the model's code folder (MiniCPMO45/):
+
+    .venv/bin/python tools/bench_engine.py --engine minicpmo --random-weights /path/MiniCPMO45
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import sys
 import time
@@ -32,9 +39,11 @@ from numpy.typing import NDArray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_SAMPLES, SessionConfig, Unit
+from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_SAMPLES, Engine, SessionConfig, Unit
 from omni.engines import build_engine
-from signaling.settings import load_settings
+from omni.minicpmo.voice import write_wav
+from signaling.settings import Settings, load_settings
+from tests.support.media import speechlike
 from tools.benchlib import fmt
 
 QUESTIONS = [
@@ -78,6 +87,24 @@ def gpu_memory() -> tuple[float, float] | None:
     return torch.cuda.memory_allocated() / 2**30, torch.cuda.max_memory_allocated() / 2**30
 
 
+def random_weight_engine(code: Path, variant: str, settings: Settings) -> Engine:
+    """The minicpmo engine over a full-size random-weight model (see the module docstring)."""
+    import tempfile
+    from dataclasses import replace
+
+    from omni.minicpmo.engine import MiniCPMOEngine
+    from tests.support import cpu_token2wav, tiny_minicpmo
+
+    cpu_token2wav.install()
+    folder = Path(tempfile.mkdtemp(prefix="minicpmo-random-")) / "model"
+    tiny_minicpmo.build(code, folder, variant, full_size=True, weights=False)
+    voice = folder / "assets" / "voice.wav"
+    write_wav(voice, speechlike(3.0, rate=INPUT_RATE, seed=1))
+    config = replace(settings.engine.minicpmo, model=str(folder), voice=str(voice))
+    print(f"random weights, full size, {variant} variant, vocoder: CPU stand-in")
+    return MiniCPMOEngine(config, loader=tiny_minicpmo.random_loader)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -87,14 +114,19 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--question", type=Path, action="append", default=[], help="a WAV file")
     parser.add_argument("--fast", action="store_true", help="do not pace units at 1 per second")
+    parser.add_argument(
+        "--random-weights",
+        type=Path,
+        metavar="CODE_DIR",
+        help="minicpmo: a full-size random-weight model made from this code folder",
+    )
+    parser.add_argument("--variant", default="unified", choices=("unified", "duplex_class"))
     args = parser.parse_args()
     settings = load_settings(args.config, overrides={"engine.name": args.engine})
-    engine = build_engine(
-        settings.engine.name,
-        1,
-        1,
-        settings.engine.configs(),
-    )
+    if args.random_weights is not None:
+        engine: Engine = random_weight_engine(args.random_weights, args.variant, settings)
+    else:
+        engine = build_engine(dataclasses.replace(settings.engine, replicas=1), 1)
     questions = spoken_questions(args.question)
     began = time.perf_counter()
     replica = engine.create_replica(0)

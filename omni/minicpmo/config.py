@@ -30,6 +30,7 @@ class MiniCPMOConfig:
     force_listen_count: int = 3
     """Units the model must listen at the start of a session."""
     listen_prob_scale: float = 1.0
+    """Multiplies the logit of <|listen|> (upstream scales <|im_end|>; see variants.py)."""
     max_new_speak_tokens_per_chunk: int = 20
     temperature: float = 0.7
     top_k: int = 20
@@ -37,7 +38,8 @@ class MiniCPMOConfig:
     text_repetition_penalty: float = 1.05
     text_repetition_window_size: int = 512
     hd: bool = False
-    """HD vision: max_slice_nums = 2 (extra 64-token crops per frame)."""
+    """HD vision: max_slice_nums = 2 (extra 64-token crops per frame larger than 448 px; the
+    engine takes frames up to 1280 px then)."""
     high_refresh: bool = False
     """Stack the unit's extra frames into a second image (needs call.video_frames_per_unit > 1)."""
     sliding_window: str = "basic"

@@ -11,8 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from omni.api import UNIT_SAMPLES, DuplexSession, EngineInfo, EngineUnavailable, SessionConfig, Unit
+from omni.api import (
+    MAX_FRAME_SIDE,
+    UNIT_SAMPLES,
+    DuplexSession,
+    EngineInfo,
+    EngineUnavailable,
+    SessionConfig,
+    Unit,
+)
 from omni.minicpmo.config import MiniCPMOConfig
+from omni.minicpmo.frames import HD_FRAME_SIDE
 from omni.minicpmo.loader import Loaded, free_device_memory, load
 from omni.minicpmo.session import MiniCPMOSession, full_cleanup
 from omni.minicpmo.voice import find_default_voice, read_wav, write_wav
@@ -99,11 +108,17 @@ class MiniCPMOEngine:
             name="minicpmo",
             description="MiniCPM-o 4.5 full duplex (GPU)",
             replicas=len(config.devices) * config.replicas_per_device,
+            frame_side=HD_FRAME_SIDE if config.hd else MAX_FRAME_SIDE,
         )
 
     @property
     def info(self) -> EngineInfo:
         return self._info
+
+    @property
+    def frame_side(self) -> int:
+        """Long side of the frames this engine can use: HD slices frames up to 1280 px."""
+        return self._info.frame_side
 
     def create_replica(self, index: int) -> MiniCPMOReplica:
         device = self._config.devices[index // self._config.replicas_per_device]

@@ -1,25 +1,35 @@
 """Loads MiniCPM-o 4.5 the standard way and switches it to duplex mode.
 
 ``from_pretrained(..., trust_remote_code=True)`` from a Hugging Face id or a local folder, on
-the configured device (never an unconditional ``.cuda()``), then ``as_duplex(...)``.  Every
-way this can fail on a user's machine gets a message that says what to do.
+the configured device (never an unconditional ``.cuda()``), then the duplex object of whichever
+variant the remote code is (``omni.minicpmo.variants``).  Every way this can fail on a user's
+machine gets a message that says what to do.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omni.api import EngineUnavailable
 from omni.minicpmo.config import MiniCPMOConfig
+from omni.minicpmo.variants import Variant, detect, make_duplex
 
 log = logging.getLogger(__name__)
 
-TRANSFORMERS_RANGE = ((4, 51, 0), (4, 53, 0))
-"""The model's remote code needs transformers >= 4.51 and < 4.53."""
+TRANSFORMERS_RANGE = ((4, 51, 0), (4, 52, 0))
+"""The model's remote code needs transformers 4.51.x: 4.52 fails inside from_pretrained
+('Resampler' object has no attribute '_initialize_weights')."""
+TRANSFORMERS_PIN = ">=4.51,<4.52"
 INSTALL_HINT = "install the engine's pinned dependencies: pip install -e '.[minicpmo]'"
 
 
@@ -30,6 +40,7 @@ class Loaded:
     model: Any
     duplex: Any
     device: str
+    variant: Variant = Variant.AS_DUPLEX
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -51,7 +62,7 @@ def check_dependencies() -> None:
     have = _version(transformers.__version__)
     if not low <= have < high:
         raise EngineUnavailable(
-            "the minicpmo engine needs transformers >=4.51,<4.53 "
+            f"the minicpmo engine needs transformers {TRANSFORMERS_PIN} "
             f"(found {transformers.__version__}): {INSTALL_HINT}"
         )
     if have < (4, 51, 1) and importlib.util.find_spec("accelerate") is None:
@@ -120,16 +131,17 @@ def load(config: MiniCPMOConfig, device: str) -> Loaded:
     from transformers import AutoModel
 
     try:
-        model = AutoModel.from_pretrained(
-            source,
-            trust_remote_code=True,
-            attn_implementation=config.attn_implementation,
-            torch_dtype=getattr(torch, config.dtype),
-            init_vision=True,
-            init_audio=True,
-            init_tts=True,
-            local_files_only=local_only,
-        )
+        with remote_code_imports():
+            model = AutoModel.from_pretrained(
+                source,
+                trust_remote_code=True,
+                attn_implementation=config.attn_implementation,
+                torch_dtype=getattr(torch, config.dtype),
+                init_vision=True,
+                init_audio=True,
+                init_tts=True,
+                local_files_only=local_only,
+            )
     except OSError as exc:
         hint = (
             "set engine.minicpmo.allow_download = true to fetch them, "
@@ -143,15 +155,64 @@ def load(config: MiniCPMOConfig, device: str) -> Loaded:
     model = model.eval().to(device)
     if config.compile and hasattr(model, "llm"):
         model.llm = torch.compile(model.llm)
-    # as_duplex() initialises the streaming TTS itself (init_tts), so it is not called twice.
-    duplex = model.as_duplex(
-        force_listen_count=config.force_listen_count,
-        generate_audio=True,
-        sliding_window_mode=config.sliding_window,
-        ls_mode="explicit",
-    )
-    log.info("MiniCPM-o loaded on %s", device)
-    return Loaded(model=model, duplex=duplex, device=device)
+    variant = detect(model)
+    with remote_code_imports():
+        duplex = make_duplex(model, variant, config, device)
+    log.info("MiniCPM-o loaded on %s (%s)", device, variant)
+    return Loaded(model=model, duplex=duplex, device=device, variant=variant)
+
+
+_shim_lock = threading.Lock()
+_shim_users: dict[str, int] = {"loads": 0}
+
+
+@contextmanager
+def remote_code_imports() -> Iterator[None]:
+    """Let transformers accept the model code while it is loaded.
+
+    transformers refuses remote code unless every module it names in an import is importable,
+    and the model file imports ``flag_gems`` (FlagGems kernels) under
+    ``if os.getenv("USE_FLAGOS") == "1"``.  Where flag_gems is not installed and USE_FLAGOS is
+    not 1 that import never runs: a placeholder module (any attribute access raises) stands in
+    for it during the check, and is removed afterwards.
+    """
+    if _flag_gems_installed():
+        yield
+        return
+    if os.environ.get("USE_FLAGOS") == "1":
+        raise EngineUnavailable(
+            "USE_FLAGOS=1 makes the model code import flag_gems, which is not installed: "
+            "install FlagGems or unset USE_FLAGOS"
+        )
+    with _shim_lock:
+        if _shim_users["loads"] == 0:
+            sys.modules["flag_gems"] = _FlagGemsPlaceholder("flag_gems")
+        _shim_users["loads"] += 1
+    try:
+        yield
+    finally:
+        with _shim_lock:
+            _shim_users["loads"] -= 1
+            if _shim_users["loads"] == 0 and isinstance(
+                sys.modules.get("flag_gems"), _FlagGemsPlaceholder
+            ):
+                del sys.modules["flag_gems"]
+
+
+def _flag_gems_installed() -> bool:
+    present = sys.modules.get("flag_gems")
+    if present is not None:
+        return not isinstance(present, _FlagGemsPlaceholder)
+    return importlib.util.find_spec("flag_gems") is not None
+
+
+class _FlagGemsPlaceholder(types.ModuleType):
+    """omnirtc's stand-in for flag_gems during transformers' import check (not FlagGems)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ImportError(f"flag_gems is not installed (omnirtc placeholder; asked for {name})")
 
 
 def free_device_memory(device: str) -> None:

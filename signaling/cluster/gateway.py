@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import Counter, Gauge, Histogram
 
 from signaling import handlers
@@ -31,6 +32,7 @@ from signaling.metrics import (
     metrics_handler,
 )
 from signaling.settings import Settings
+from signaling.whip import SDP
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,8 @@ def create_gateway_app(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[
             cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
-            error_middleware,
             metrics.middleware,
+            error_middleware,
             body_timeout_middleware(settings.server.body_timeout_s),
         ],
     )
@@ -124,6 +126,9 @@ def create_gateway_app(
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls/{call_id}", call_request)
     app.router.add_delete("/v1/calls/{call_id}", call_request)
+    app.router.add_post("/v1/whip", create_whip)
+    app.router.add_patch("/v1/whip/{call_id}", call_request)
+    app.router.add_delete("/v1/whip/{call_id}", call_request)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -141,7 +146,9 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 def _response(relayed: Relayed) -> web.Response:
-    return web.Response(body=relayed.body, status=relayed.status, headers=relayed.headers)
+    return web.Response(
+        body=relayed.body, status=relayed.status, headers=CIMultiDict(relayed.headers)
+    )
 
 
 async def create_call(request: web.Request) -> web.Response:
@@ -156,10 +163,29 @@ async def create_call(request: web.Request) -> web.Response:
     return _response(await request.app[ROUTER].place(raw, "application/json"))
 
 
+async def create_whip(request: web.Request) -> web.Response:
+    """A WHIP offer (application/sdp, options in the query); the worker checks the SDP."""
+    if request.content_type != SDP:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send the offer as {SDP}, not {request.content_type or 'nothing'}",
+        )
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "invalid_sdp", "the offer is empty")
+    return _response(await request.app[ROUTER].place(raw, SDP, request.path_qs))
+
+
 async def call_request(request: web.Request) -> web.Response:
+    """Any request about one call (JSON API or WHIP resource), relayed to its worker."""
     call_id = request.match_info["call_id"]
     router = request.app[ROUTER]
-    return _response(await router.to_call(call_id, request.method, request.path))
+    body = await request.read() if request.can_read_body else None
+    relayed = await router.to_call(
+        call_id, request.method, request.path, body=body, headers=request.headers
+    )
+    return _response(relayed)
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 """Workers tried for one offer (each unreachable one is passed over)."""
 RETRY_AFTER_BUSY_S = 5
-_RELAYED_HEADERS = ("Content-Type", "Location", "Retry-After")
+_RELAYED_HEADERS = ("Content-Type", "Location", "Retry-After", "ETag", "Accept-Patch", "Link")
+"""Headers of a worker's answer handed back to the client (WHIP's among them)."""
+_FORWARDED_HEADERS = ("Content-Type", "If-Match")
+"""Headers of a client's request about a call passed on to its worker."""
 _PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
@@ -50,7 +53,7 @@ class Relayed:
 
     status: int
     body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: list[tuple[str, str]] = field(default_factory=list)
     worker_id: str = ""
 
 
@@ -172,8 +175,16 @@ class Router:
 
     # ------------------------------------------------------------ calls by id
 
-    async def to_call(self, call_id: str, method: str, path: str) -> Relayed:
-        """Forward a request about ``call_id`` to the worker that owns it."""
+    async def to_call(
+        self,
+        call_id: str,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Relayed:
+        """Forward a request about ``call_id`` (its body and the headers that matter) to the
+        worker that owns it."""
         if not CALL_ID.fullmatch(call_id):
             raise ApiError(404, "unknown_call", f"no call with id {call_id!r}")
         try:
@@ -190,7 +201,7 @@ class Router:
                 410, "worker_gone", f"the worker that served call {call_id} is gone; it ended"
             )
         try:
-            return await self._send(worker.url, method, path)
+            return await self._send(worker.url, method, path, body=body, headers=headers)
         except WorkerUnreachable:
             raise ApiError(
                 502, "worker_unavailable", f"the worker of call {call_id} cannot be reached"
@@ -207,18 +218,19 @@ class Router:
         body: bytes | None = None,
         content_type: str | None = None,
         call_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Relayed:
         if self._http is None:
             raise ApiError(503, "not_ready", "the gateway is starting")
-        headers = {}
+        sent = {k: v for k, v in (headers or {}).items() if k in _FORWARDED_HEADERS}
         if content_type is not None:
-            headers["Content-Type"] = content_type
+            sent["Content-Type"] = content_type
         if call_id is not None:
-            headers[CALL_ID_HEADER] = call_id
+            sent[CALL_ID_HEADER] = call_id
         try:
-            async with self._http.request(method, base + path, data=body, headers=headers) as r:
+            async with self._http.request(method, base + path, data=body, headers=sent) as r:
                 data = await r.read()
-                kept = {k: r.headers[k] for k in _RELAYED_HEADERS if k in r.headers}
+                kept = [(k, v) for k in _RELAYED_HEADERS for v in r.headers.getall(k, ())]
                 return Relayed(r.status, data, kept)
         except aiohttp.ClientConnectorError as exc:
             raise WorkerUnreachable(f"{base}: {exc}", delivered=False) from None

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 CALL_ID_HEADER = "Omnirtc-Call-Id"
 CALL_ID = re.compile(r"call_[0-9a-f]{16}")
-CALLS_PATH = "/v1/calls"
+OFFER_PATHS = ("/v1/calls", "/v1/whip")
 _CALL_S_START = 120.0
 
 
@@ -87,7 +87,7 @@ class ClusterWorker:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or request.path != CALLS_PATH:
+        if request.method != "POST" or request.path not in OFFER_PATHS:
             return await handler(request)
         call_id = request.headers.get(CALL_ID_HEADER)
         if call_id is None:

@@ -49,12 +49,7 @@ class Served:
 async def served(**overrides: Any) -> AsyncIterator[Served]:
     """The app behind the runner the entry point uses, on a free loopback port."""
     settings = test_settings(**overrides)
-    engine = build_engine(
-        settings.engine.name,
-        settings.engine.replicas,
-        settings.server.max_calls,
-        settings.engine.configs(),
-    )
+    engine = build_engine(settings.engine, settings.server.max_calls)
     app = create_app(settings, ReplicaPool(engine, max_queue=settings.engine.max_queue))
     runner = GuardedAppRunner(app, HttpLimits.from_settings(settings.server))
     await runner.setup()

@@ -227,46 +227,6 @@ async def test_client_cancel_interrupts(
         await caller.close()
 
 
-async def test_engine_errors_are_reported_and_other_calls_go_on(
-    start_server: ServerFactory, http: aiohttp.ClientSession
-) -> None:
-    engine = ScriptedEngine(fail_on=frozenset({1}))
-    server = await start_server(pool=_scripted_pool(engine))
-    caller = Caller(server.url)
-    try:
-        await caller.call(http)
-        errors = await caller.wait_for("error", 6)
-        assert errors[0]["code"] == "engine_error"
-        assert "unit 1" in errors[0]["message"]
-        units = await caller.wait_for("unit", 6, count=3)
-        assert [u["index"] for u in units[:2]] == [0, 2]
-        assert (await call_snapshot(http, server.url, caller.call_id or ""))["state"] == "active"
-    finally:
-        await caller.close()
-
-
-async def test_an_engine_that_always_fails_ends_only_its_call(
-    start_server: ServerFactory, http: aiohttp.ClientSession
-) -> None:
-    engine = ScriptedEngine(fail_always=True)
-    server = await start_server(pool=_scripted_pool(engine))
-    caller = Caller(server.url)
-    loop_caller = Caller(server.url, session={"mode": "loopback"})
-    try:
-        await asyncio.gather(caller.call(http), loop_caller.call(http))
-        snap = await _wait_ended(http, server.url, caller.call_id or "", timeout=10)
-        assert snap["end_reason"] == "engine_error"
-        assert engine.closed_sessions == 1
-        closed = await caller.wait_for("session.closed", 3)
-        assert closed[0]["reason"] == "engine_error"
-        assert (await call_snapshot(http, server.url, loop_caller.call_id or ""))[
-            "state"
-        ] == "active"
-        assert (await _ready(http, server.url))["replicas_free"] == 2
-    finally:
-        await asyncio.gather(caller.close(), loop_caller.close())
-
-
 async def test_video_frames_reach_the_engine(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -370,8 +370,10 @@ def test_the_engine_is_built_by_name_and_never_picked_by_auto(tmp_path: Path) ->
     from omni import engines
 
     servers = ("http://127.0.0.1:1", "http://127.0.0.1:2")
-    configs = engines.EngineConfigs(llamacpp=config(tmp_path, servers[0], servers=servers))
-    built = engines.build_engine("llamacpp", 5, 10, configs)
+    configs = engines.EngineSettings(
+        name="llamacpp", replicas=5, llamacpp=config(tmp_path, servers[0], servers=servers)
+    )
+    built = engines.build_engine(configs, 10)
     assert built.info.name == "llamacpp"
     assert built.info.replicas == 2, "one replica per server; engine.replicas is ignored"
     assert built.create_replica(1).url == servers[1]  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from omni.minicpmo.config import MiniCPMOConfig
 from omni.minicpmo.engine import MiniCPMOEngine, MiniCPMOReplica
 from omni.minicpmo.loader import Loaded
 from omni.minicpmo.session import MiniCPMOSession
+from omni.minicpmo.variants import Variant
 from omni.minicpmo.voice import write_wav
 from tests.support.fake_minicpmo import FakeDuplex, FakeMiniCPMO
 from tests.support.media import speechlike
@@ -29,7 +30,8 @@ class FakeLoader:
     def __call__(self, config: MiniCPMOConfig, device: str) -> Loaded:
         model = FakeMiniCPMO(**self.model_kwargs).eval().to(device)
         duplex = model.as_duplex(force_listen_count=config.force_listen_count, generate_audio=True)
-        loaded = Loaded(model=model, duplex=duplex, device=device)
+        variant = Variant.UNIFIED if model.unified else Variant.AS_DUPLEX
+        loaded = Loaded(model=model, duplex=duplex, device=device, variant=variant)
         self.loaded.append(loaded)
         return loaded
 

@@ -24,6 +24,7 @@ from tests.minicpmo.helpers import (
     unit,
 )
 from tests.support.fake_minicpmo import RESULT_KEYS, FakeDuplex, FakeMiniCPMO
+from tests.support.fake_minicpmo_unified import FakeUnifiedDuplex
 from tests.support.media import speechlike
 
 
@@ -110,23 +111,58 @@ def test_barge_in_mutes_the_rest_of_the_turn(tmp_path: Path) -> None:
     results = run(sess, talk_then_quiet(2, 1))
     assert not results[-1].listen, "the model is talking"
     sess.interrupt()
-    assert duplex_of(loader).is_break_set()
+    assert not duplex_of(loader).is_break_set(), "the break event would leave a unit open"
     after = run(sess, talk_then_quiet(0, 8), start=len(results))
     assert after[0].listen
     assert after[0].audio is None
     assert after[0].text == ""
-    assert not duplex_of(loader).is_break_set()
     muted = [r for r in after if not r.listen]
     assert muted == [], "nothing of the interrupted turn may play"
+    assert duplex_of(loader).dangling_units == 0
     sess.close()
 
 
-def test_barge_in_closes_the_turn_where_the_build_supports_it(tmp_path: Path) -> None:
-    rep, loader = replica(
-        tmp_path, FakeLoader(supports_force_listen_override=True), force_listen_count=0
-    )
+def test_a_barge_in_during_prefill_drops_the_unit_and_leaves_none_open(tmp_path: Path) -> None:
+    rep, loader = replica(tmp_path, force_listen_count=0)
     loader.loaded[0].model.turn_units = 6
     duplex = duplex_of(loader)
+    sess = session(rep)
+    results = run(sess, talk_then_quiet(2, 1))
+    assert not results[-1].listen, "the model is talking"
+    prefill = duplex.streaming_prefill
+
+    def barge_in_midway(**kwargs: Any) -> dict[str, Any]:
+        answer = prefill(**kwargs)
+        sess.interrupt()  # the caller talks while this unit is being prefilled
+        return answer
+
+    duplex.streaming_prefill = barge_in_midway  # type: ignore[method-assign]
+    in_flight = sess.step(unit(3))
+    duplex.streaming_prefill = prefill  # type: ignore[method-assign]
+    assert in_flight.listen
+    assert in_flight.audio is None, "the unit in flight is stale"
+    after = run(sess, talk_then_quiet(0, 4), start=4)
+    assert all(r.listen for r in after), "the rest of the turn is muted"
+    assert duplex.dangling_units == 0, "every unit got its </unit>"
+    sess.close()
+
+
+def test_the_fake_counts_the_open_unit_a_break_leaves(tmp_path: Path) -> None:
+    duplex = FakeMiniCPMO().as_duplex()
+    duplex.prepare()
+    assert duplex.streaming_prefill(audio_waveform=np.zeros(16_560, np.float32))["success"]
+    duplex.set_break_event()  # set while prefill ran: generate returns before </unit>
+    assert duplex.streaming_generate()["end_of_turn"]
+    duplex.clear_break_event()
+    duplex.streaming_prefill(audio_waveform=np.zeros(16_000, np.float32))
+    assert duplex.dangling_units == 1
+
+
+def test_barge_in_closes_the_turn_in_the_unified_variant(tmp_path: Path) -> None:
+    rep, loader = replica(tmp_path, FakeLoader(unified=True), force_listen_count=0)
+    loader.loaded[0].model.turn_units = 6
+    duplex = duplex_of(loader)
+    assert isinstance(duplex, FakeUnifiedDuplex)
     sess = session(rep)
     run(sess, talk_then_quiet(2, 1))
     sess.interrupt()
@@ -137,6 +173,42 @@ def test_barge_in_closes_the_turn_where_the_build_supports_it(tmp_path: Path) ->
     assert all(r.listen for r in after)
     later = run(sess, talk_then_quiet(2, 5, seed=3), start=5)
     assert any(not r.listen for r in later), "the model speaks again after the next turn"
+    assert duplex.finalized >= 10, "finalize_unit after every generate"
+    assert duplex.dangling_units == 0
+    sess.close()
+
+
+def test_the_unified_variant_gets_the_chat_template_and_needs_finalize(tmp_path: Path) -> None:
+    rep, loader = replica(tmp_path, FakeLoader(unified=True), system_prompt_en="Be brief.")
+    duplex = duplex_of(loader)
+    session(rep).close()
+    call = duplex.prepare_calls[-1]
+    assert call["prefix_system_prompt"] == "<|im_start|>system\nBe brief.\n<|audio_start|>"
+    assert call["suffix_system_prompt"] == "<|audio_end|><|im_end|>"
+    duplex.prepare()
+    duplex.streaming_prefill(audio_waveform=np.zeros(16_560, np.float32))
+    duplex.streaming_generate()
+    with pytest.raises(RuntimeError, match="finalize_unit"):
+        duplex.streaming_prefill(audio_waveform=np.zeros(16_000, np.float32))
+
+
+def test_a_turn_that_ends_inside_a_listening_unit_still_ends(tmp_path: Path) -> None:
+    rep, loader = replica(tmp_path, force_listen_count=0)
+    duplex = duplex_of(loader)
+    sess = session(rep)
+    script = iter([False, False, True, True])
+    generate = duplex.streaming_generate
+
+    def upstream_like(**kwargs: Any) -> dict[str, Any]:
+        answer = generate(**kwargs)
+        listen = next(script)  # <|turn_eos|> then <|listen|> in one unit: a plain listen
+        return {**answer, "is_listen": listen, "end_of_turn": False, "text": "" if listen else "x"}
+
+    duplex.streaming_generate = upstream_like  # type: ignore[method-assign]
+    results = run(sess, talk_then_quiet(0, 4))
+    assert [(r.listen, r.end_of_turn) for r in results] == [
+        (False, False), (False, False), (True, True), (True, False),
+    ]  # fmt: skip
     sess.close()
 
 
@@ -225,6 +297,18 @@ def test_frames_become_images_with_hd_and_high_refresh(tmp_path: Path) -> None:
     call = duplex_of(loader_plain).prefill_calls[-1]
     assert len(call["frames"]) == 1
     assert call["max_slice_nums"] == 1
+
+
+def test_hd_keeps_a_large_frame_large_enough_to_slice(tmp_path: Path) -> None:
+    big = Frame(np.full((720, 1280, 3), 90, np.uint8), 0)
+    for hd, size in ((True, (1280, 720)), (False, (448, 252))):
+        rep, loader = replica(tmp_path, hd=hd)
+        engine = MiniCPMOEngine(config(tmp_path, hd=hd))
+        assert engine.frame_side == engine.info.frame_side == (1280 if hd else 448)
+        sess = session(rep)
+        sess.step(unit(0, frames=(big,)))
+        assert duplex_of(loader).prefill_calls[-1]["frames"][0].size == size
+        sess.close()
 
 
 def test_interrupt_is_safe_from_another_thread(tmp_path: Path) -> None:

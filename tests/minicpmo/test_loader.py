@@ -3,6 +3,7 @@ and the clear errors a user gets when something is missing."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 import types
@@ -137,7 +138,7 @@ def test_compile_wraps_the_language_model(tmp_path: Path, fake_stack: Any) -> No
     [
         ({"cuda": False}, "CUDA is not available"),
         ({"device": "cuda:5"}, "does not exist: this machine has 2 GPU"),
-        ({"transformers": "4.55.0"}, "transformers >=4.51,<4.53"),
+        ({"transformers": "4.52.4"}, "transformers >=4.51,<4.52"),
         ({"model": "/nowhere/at/all"}, "model folder /nowhere/at/all does not exist"),
     ],
 )
@@ -175,8 +176,56 @@ def test_auto_picks_minicpmo_only_when_it_can_run(monkeypatch: pytest.MonkeyPatc
     from omni import engines
 
     monkeypatch.setattr(loader, "available", lambda config: (False, "no GPU"))
-    picked = engines.resolve("auto", engines.EngineConfigs())
+    picked = engines.resolve("auto", engines.EngineSettings())
     assert picked == ("lite" if not engines.missing_lite_packages() else "echo")
     monkeypatch.setattr(loader, "available", lambda config: (True, ""))
-    assert engines.resolve("auto", engines.EngineConfigs()) == "minicpmo"
-    assert engines.resolve("echo", engines.EngineConfigs()) == "echo"
+    assert engines.resolve("auto", engines.EngineSettings()) == "minicpmo"
+    assert engines.resolve("echo", engines.EngineSettings()) == "echo"
+
+
+def test_variants_are_told_apart_and_an_unknown_one_is_a_clear_error() -> None:
+    from omni.minicpmo.variants import Variant, detect
+
+    assert detect(FakeMiniCPMO()) is Variant.AS_DUPLEX
+
+    class Unified:
+        def init_unified(self) -> None: ...
+
+    assert detect(Unified()) is Variant.UNIFIED
+    module = types.ModuleType("omnirtc_test_duplex_class")
+    module.MiniCPMODuplex = object  # type: ignore[attr-defined]
+    Plain = type("MiniCPMO", (), {"__module__": module.__name__})
+    sys.modules[module.__name__] = module
+    try:
+        assert detect(Plain()) is Variant.DUPLEX_CLASS
+        del module.MiniCPMODuplex  # type: ignore[attr-defined]
+        with pytest.raises(EngineUnavailable, match=r"as_duplex\(\), init_unified\(\) or"):
+            detect(Plain())
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_the_flag_gems_placeholder_lives_only_while_loading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if importlib.util.find_spec("flag_gems") is not None:
+        pytest.skip("flag_gems is installed here")
+    monkeypatch.delenv("USE_FLAGOS", raising=False)
+    with loader.remote_code_imports():
+        placeholder = importlib.import_module("flag_gems")  # what transformers' check does
+        with pytest.raises(ImportError, match="not installed"):
+            placeholder.experimental_ops  # noqa: B018
+    assert "flag_gems" not in sys.modules
+    monkeypatch.setenv("USE_FLAGOS", "1")
+    with pytest.raises(EngineUnavailable, match="USE_FLAGOS"), loader.remote_code_imports():
+        pass
+
+
+def test_listen_prob_scale_is_moved_onto_the_listen_token() -> None:
+    from omni.minicpmo.variants import retarget_listen_bias
+
+    decoder = types.SimpleNamespace(listen_id=151645)  # upstream: the tokenizer's eos
+    duplex = types.SimpleNamespace(decoder=decoder, listen_token_id=151705)
+    assert retarget_listen_bias(duplex)
+    assert decoder.listen_id == 151705
+    assert not retarget_listen_bias(types.SimpleNamespace())

@@ -64,9 +64,10 @@ class Cluster:
             cluster__advertise_url=f"http://127.0.0.1:{port}",
             server__max_calls=calls + queue,
             engine__max_queue=queue,
+            engine__replicas=calls,
             **overrides,
         )
-        engine = build_engine("echo", calls, calls + queue, settings.engine.configs())
+        engine = build_engine(settings.engine, settings.server.max_calls)
         pool = ReplicaPool(engine, max_queue=settings.engine.max_queue)
         worker = ClusterWorker(settings, RedisRegistry.connect(settings.cluster))
         return await self._serve(create_app(settings, pool, worker), port)

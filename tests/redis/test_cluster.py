@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiortc import RTCSessionDescription
 
 from signaling.cluster.config import ClusterSettings
 from signaling.cluster.registry import RedisRegistry
+from tests.integration.test_whip import _fragment, _publish
 from tests.redis.cluster import Cluster, post_offer, ready, wait_workers
 from tests.support.caller import Caller, make_offer
 from tests.support.loop_watch import LoopWatch
@@ -120,6 +122,44 @@ async def test_a_worker_that_cannot_be_reached_is_passed_over(
     assert await registry.owner(body["call_id"]) == "w1"
     used = {w.worker_id: w.used for w in await registry.workers()}
     assert used == {"ghost": 0, "w1": 1}  # the ghost's claim was given back
+
+
+async def test_a_whip_call_through_the_gateway_trickles_to_its_worker(
+    cluster: Cluster, http: aiohttp.ClientSession, registry: RedisRegistry
+) -> None:
+    await cluster.worker("w1", calls=1)
+    gateway = await cluster.gateway()
+    await wait_workers(http, gateway, 1)
+    caller = Caller(gateway)
+    try:
+        r, offer, answer, candidates = await _publish(http, gateway, caller)
+        assert r.status == 201, answer
+        location, etag = r.headers["Location"], r.headers["ETag"]
+        assert r.headers["Accept-Patch"] == "application/trickle-ice-sdpfrag"
+        call_id = location.rsplit("/", 1)[1]
+        assert await registry.owner(call_id) == "w1"
+        await caller.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        async with http.patch(
+            f"{gateway}{location}",
+            data=_fragment(offer, candidates),
+            headers={"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": etag},
+        ) as p:
+            assert p.status == 204, await p.text()
+        async with http.patch(
+            f"{gateway}{location}",
+            data=_fragment(offer, candidates),
+            headers={"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": '"x"'},
+        ) as p:
+            assert p.status == 412  # the worker's verdict on the headers the gateway passed on
+        async with asyncio.timeout(10):
+            await caller.connected.wait()
+        status, body, _ = await post_offer(http, gateway, await make_offer())
+        assert (status, body["error"]["code"]) == (503, "busy")  # WHIP took the last slot
+        async with http.delete(f"{gateway}{location}") as d:
+            assert d.status == 200
+        assert (await ready(http, gateway))["replicas_free"] == 1
+    finally:
+        await caller.close()
 
 
 async def test_a_full_cluster_queues_calls_with_position_and_eta_then_refuses(

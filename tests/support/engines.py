@@ -12,10 +12,14 @@ from omni.api import OUTPUT_UNIT_SAMPLES, DuplexSession, EngineInfo, SessionConf
 
 class ScriptedSession:
     """Speaks a tone on every unit from ``speak_from`` on; raises on units in ``fail_on``;
-    takes ``step_s`` per step; records every unit it gets."""
+    blocks its thread on units in ``hang_on`` (until the engine's ``release`` is set);
+    returns a result that breaks the contract on units in ``malformed_on``; takes ``step_s``
+    per step; records every unit it gets.  With ``fault_session`` set, the faults apply only
+    to the session opened in that order (0 = the first)."""
 
-    def __init__(self, owner: ScriptedEngine) -> None:
+    def __init__(self, owner: ScriptedEngine, number: int) -> None:
         self._owner = owner
+        self._faulty = owner.fault_session is None or owner.fault_session == number
         self.units: list[Unit] = []
         self.interrupted = threading.Event()
         self.closed = False
@@ -25,8 +29,15 @@ class ScriptedSession:
         owner = self._owner
         if owner.step_s:
             time.sleep(owner.step_s)
-        if unit.index in owner.fail_on or owner.fail_always:
+        if self._faulty and (unit.index in owner.fail_on or owner.fail_always):
             raise RuntimeError(f"scripted failure on unit {unit.index}")
+        if self._faulty and unit.index in owner.hang_on:
+            owner.hung_steps += 1
+            owner.release.wait()
+            owner.returned_late += 1
+        if self._faulty and unit.index in owner.malformed_on:
+            bad = np.full(OUTPUT_UNIT_SAMPLES, np.nan, dtype=np.float32)
+            return StepResult(listen=False, text="garbage", audio=bad)
         if self.interrupted.is_set():
             self.interrupted.clear()
             owner.interrupted_units.append(unit.index)
@@ -59,7 +70,7 @@ class ScriptedReplica:
 
     def open_session(self, config: SessionConfig) -> DuplexSession:
         self._owner.configs.append(config)
-        session = ScriptedSession(self._owner)
+        session = ScriptedSession(self._owner, len(self._owner.sessions))
         self._owner.sessions.append(session)
         return session
 
@@ -76,7 +87,17 @@ class ScriptedEngine:
         fail_always: bool = False,
         step_s: float = 0.0,
         fail_close: int = 0,
+        hang_on: frozenset[int] = frozenset(),
+        malformed_on: frozenset[int] = frozenset(),
+        fault_session: int | None = None,
     ) -> None:
+        self.hang_on = hang_on
+        self.malformed_on = malformed_on
+        self.fault_session = fault_session
+        self.release = threading.Event()
+        """Set it to let hung steps return (at the end of a test)."""
+        self.hung_steps = 0
+        self.returned_late = 0
         self.fail_close = fail_close
         """How many session closes fail (the replica is then rebuilt)."""
         self.replicas_created = 0

@@ -11,16 +11,21 @@ What it reproduces, because the adapter must cope with each:
 * ``streaming_prefill``: the first call consumes 16,560 samples (a shorter first chunk is
   zero-padded in front); later calls need 16,000 buffered samples, otherwise ``success`` is False
   with "audio not enough" and the audio stays buffered; a ``<unit>`` has already been fed then.
-  With the break or stop event set, input is dropped.  Frames must be PIL images.
+  With the break or stop event set, input is dropped.  Frames must be PIL images.  A prefill
+  while the previous unit has no ``</unit>`` yet counts a dangling unit.
 * ``streaming_generate``: the same keys every time; ``current_time`` is 1-based; the first
   ``force_listen_count`` calls after ``prepare`` listen; listening is blocked while a turn is
   open; listen units carry 24,000 zeros; non-final speaking units exactly 24,000 samples
   (front-padded); the end-of-turn unit any length; ``audio_waveform`` is None without a vocoder
   prompt; a ``prompt_wav_path`` other than the one given to ``prepare`` raises "Prompt changed".
-  With the break set it returns listen, zeros, ``end_of_turn`` True, and the turn stays open.
+  The break event is read only on entry: set then, generate returns listen, zeros,
+  ``end_of_turn`` True, without ``</unit>`` (the unit stays open: the next prefill counts it
+  dangling) and the turn stays open; set while generate runs, it changes nothing.
 * ``set_break_event``/``clear_break_event``/``set_session_stop`` are thread-safe events.
-* The "demo" flavour (``supports_force_listen_override=True``) accepts
-  ``force_listen_override`` in ``streaming_generate``, which closes an open turn and listens.
+* The "unified" flavour (``unified=True``, the demo's ``init_unified`` code): ``prepare`` feeds
+  the prompt verbatim (prefix, voice, suffix); ``streaming_generate`` accepts
+  ``force_listen_override``, which closes an open turn and listens; ``</unit>`` is fed by
+  ``finalize_unit()``, and a prefill before it raises; the break event is ignored.
 
 Its "brain": it speaks a turn of ``turn_units`` units after hearing speech (a unit with energy)
 followed by a quiet unit.
@@ -76,15 +81,13 @@ class FakeDecoder:
 class FakeMiniCPMO:
     """The loaded model object (shared by the duplex wrapper)."""
 
-    def __init__(
-        self, *, supports_force_listen_override: bool = False, turn_units: int = 3
-    ) -> None:
+    def __init__(self, *, unified: bool = False, turn_units: int = 3) -> None:
         self.audio_past_key_values: list[int] = []
         self.llm_past_key_values: list[int] = []
         self.token2wav_cache: dict[str, int] = {}
         self.tts = FakeTTS()
         self.session_id: str | None = None
-        self.supports_force_listen_override = supports_force_listen_override
+        self.unified = unified
         self.turn_units = turn_units
         self.device = "cpu"
         self.reset_calls = 0
@@ -105,8 +108,11 @@ class FakeMiniCPMO:
             self.token2wav_cache = {}
 
     def as_duplex(self, device: str | None = None, **kwargs: Any) -> FakeDuplex:
-        cls = FakeDemoDuplex if self.supports_force_listen_override else FakeDuplex
-        return cls(self, **kwargs)
+        if self.unified:
+            from tests.support.fake_minicpmo_unified import FakeUnifiedDuplex
+
+            return FakeUnifiedDuplex(self, **kwargs)
+        return FakeDuplex(self, **kwargs)
 
 
 class FakeDuplex:
@@ -142,6 +148,7 @@ class FakeDuplex:
         self._buffer = np.zeros(0, dtype=np.float32)
         self._consumed = 0
         self._pending = False
+        self._open_unit = False
         self._generates = 0
         self._units = 0
         self._in_turn = False
@@ -242,7 +249,7 @@ class FakeDuplex:
         result: dict[str, Any] = {"success": False, "reason": "", "cost_audio_feed": 0.0}
         result.update({f"cost_{name}": 0.0 for name in costs})
         result["cost_all"] = 0.0
-        if self._break.is_set() or self._stop.is_set():
+        if self._breaks() or self._stop.is_set():
             result["reason"] = "break"
             return result
         if audio_waveform is None and not frame_list and not text_list:
@@ -250,6 +257,9 @@ class FakeDuplex:
             return result
         if not self.prepared:
             raise RuntimeError("prepare() was not called")
+        if self._open_unit:
+            self.dangling_units += 1
+        self._open_unit = True
         self.decoder.cache.append(-1)  # <unit>
         for frame in frame_list or []:
             if not hasattr(frame, "size") or not hasattr(frame, "convert"):
@@ -265,7 +275,6 @@ class FakeDuplex:
                     [np.zeros(FIRST_CHUNK - self._buffer.size, np.float32), self._buffer]
                 )
             if self._buffer.size < need:
-                self.dangling_units += 1
                 result["reason"] = (
                     f"audio not enough: need {need} samples, only {self._buffer.size}"
                 )
@@ -315,11 +324,12 @@ class FakeDuplex:
         tokenizer = self.model.tts.audio_tokenizer
         if prompt_wav_path is not None and prompt_wav_path != tokenizer.prompt_path:
             raise ValueError("Prompt changed")
-        if self._break.is_set() or self._stop.is_set():
+        if self._breaks() or self._stop.is_set():
             return self._result(True, "", np.zeros(OUT, np.float32), True)
         if not self._pending:
             return self._result(True, "", np.zeros(OUT, np.float32), False)
         self._pending = False
+        self._close_unit()
         self._units += 1
         self._generates += 1
         if extra.get("force_listen_override") and self._in_turn:
@@ -357,9 +367,16 @@ class FakeDuplex:
         self.model.token2wav_cache["last"] = self._units
         return self._result(False, word, audio, last)
 
+    def _breaks(self) -> bool:
+        return self._break.is_set()
+
+    def _close_unit(self) -> None:
+        self.decoder.cache.append(-5)  # </unit>
+        self._open_unit = False
+
     def _check_extra(self, extra: dict[str, Any]) -> None:
         unknown = set(extra) - {"force_listen_override"}
-        if unknown or (extra and not self.model.supports_force_listen_override):
+        if unknown or (extra and not self.model.unified):
             raise TypeError(
                 f"streaming_generate() got an unexpected keyword argument {sorted(extra)[0]!r}"
             )
@@ -402,14 +419,3 @@ class FakeDuplex:
         if reset_session:
             self.model.reset_session(reset_token2wav_cache=reset_token2wav_cache)
         return self.model
-
-
-class FakeDemoDuplex(FakeDuplex):
-    """The demo-derived build, whose streaming_generate takes ``force_listen_override``."""
-
-    def streaming_generate(
-        self, *args: Any, force_listen_override: bool = False, **kwargs: Any
-    ) -> dict[str, Any]:
-        if force_listen_override:
-            kwargs["force_listen_override"] = True
-        return super().streaming_generate(*args, **kwargs)

@@ -408,3 +408,52 @@ def test_a_dtx_frame_says_the_sender_is_quiet() -> None:
     frame = stereo_frame(np.zeros(FRAME, dtype=np.float32), 0)
     assert conv.convert(frame, 0.02, lost_packets=0, dtx=True).quiet
     assert not conv.convert(stereo_frame(tone(0.02, 440), FRAME), 0.02, lost_packets=0).quiet
+
+
+def _layout_frame(signal: np.ndarray, layout: str, pts: int) -> av.AudioFrame:
+    channels = len(av.AudioLayout(layout).channels)
+    pcm = (np.clip(signal, -1, 1) * 32767).astype(np.int16)
+    packed = np.repeat(pcm[:, None], channels, axis=1).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(packed, format="s16", layout=layout)
+    frame.sample_rate = WIRE_RATE
+    frame.pts = pts
+    frame.time_base = Fraction(1, WIRE_RATE)
+    return frame
+
+
+@pytest.mark.parametrize("layout", ["mono", "stereo", "5.1"])
+def test_every_layout_keeps_the_level_of_the_same_signal_on_each_channel(layout: str) -> None:
+    signal = tone(1.0, 440, level=0.5)
+    conv = InboundAudio()
+    out = np.concatenate(
+        [
+            conv.convert(
+                _layout_frame(signal[k * FRAME : (k + 1) * FRAME], layout, k * FRAME), 0.02
+            ).samples
+            for k in range(signal.size // FRAME)
+        ]
+    )
+    assert out.size == signal.size // 3
+    assert rms(out[1600:]) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
+
+
+def test_a_pts_jump_is_counted_in_whole_samples_at_16_khz() -> None:
+    conv = InboundAudio()
+    conv.convert(stereo_frame(np.zeros(FRAME, np.float32), 0), 0.02)
+    # Three 20 ms packets lost, then one of 10 ms (480 samples at 48 kHz): exact sample counts.
+    out = conv.convert(stereo_frame(np.zeros(FRAME, np.float32), 4 * FRAME), 0.08, lost_packets=3)
+    assert (out.gap, out.missing) == (3 * OUT_FRAME, 3 * OUT_FRAME)
+    out = conv.convert(
+        stereo_frame(np.zeros(FRAME, np.float32), 5 * FRAME + 480), 0.03, lost_packets=0
+    )
+    assert (out.gap, out.missing) == (160, 0), "a jump with nothing lost is DTX"
+    assert conv.gap_samples == 3 * OUT_FRAME and conv.dtx_samples == 160
+
+
+def test_a_raw_frame_converts_at_the_side_the_engine_asks_for() -> None:
+    from realtime.inbound import RawFrame
+
+    raw = RawFrame(video_frame(1920, 1080), offset_ms=250)
+    assert raw.to_frame(1280).rgb.shape == (720, 1280, 3), "HD: the official 1280x720"
+    assert raw.to_frame(448).rgb.shape == (252, 448, 3)
+    assert raw.to_frame(1280).offset_ms == 250

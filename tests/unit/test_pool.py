@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
+from omni.api import UNIT_SAMPLES, SessionConfig, Unit
 from omni.pool import QueueFull, QueuePosition, ReplicaPool
 from tests.support.engines import ScriptedEngine
 
@@ -76,3 +78,37 @@ async def test_waiters_fail_when_no_replica_works() -> None:
     assert pool.ready, "the broken replica was rebuilt"
     assert pool.free == 1
     await pool.stop()
+
+
+async def test_a_replica_stuck_in_a_step_is_rebuilt_on_a_fresh_thread() -> None:
+    engine = ScriptedEngine(replicas=1, hang_on=frozenset({0}), fault_session=0)
+    pool = ReplicaPool(engine, max_queue=1)
+    await pool.start()
+    loop = asyncio.get_running_loop()
+    unit = Unit(index=0, start_ms=0, audio=np.zeros(UNIT_SAMPLES, np.float32))
+    try:
+        first = pool.lend(SessionConfig())
+        binding = await first.open(lambda *_: None)
+        stuck = loop.run_in_executor(binding.executor, binding.session.step, unit)
+        async with asyncio.timeout(5):
+            while not engine.hung_steps:
+                await asyncio.sleep(0.01)
+        await first.close(binding, "the step hung", hung=True)
+        assert pool.healthy == 0
+        # The replica is rebuilt on a new thread; the next caller steps on it while the old
+        # thread is still stuck.
+        async with asyncio.timeout(10):
+            while not pool.ready:
+                await asyncio.sleep(0.01)
+            waiting = pool.lend(SessionConfig())
+            second = await waiting.open(lambda *_: None)
+            result = await loop.run_in_executor(second.executor, second.session.step, unit)
+        assert result.listen and engine.replicas_created == 2
+        assert second.executor is not binding.executor
+        assert not stuck.done() and engine.returned_late == 0
+        assert engine.closed_sessions == 0, "the stuck session was not closed on its thread"
+        await waiting.close(second)
+        assert pool.free == 1 and pool.healthy == 1
+    finally:
+        engine.release.set()
+        await pool.stop()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from omni.api import UNIT_SAMPLES, StepResult, Unit
-from realtime.slicer import UnitSlicer
-from realtime.unit_loop import EngineFailing, StepTiming, UnitLoop
+from omni.api import UNIT_SAMPLES, EngineBinding, Frame, StepResult, Unit
+from realtime.errors import EngineFailing, EngineHung
+from realtime.slicer import UnitAudio, UnitSlicer
+from realtime.unit_loop import PendingFrame, StepTiming, UnitLoop
 from tests.support.clock import FakeClock
 
 T0 = 1000.0
@@ -28,40 +31,55 @@ class Harness:
 
     step_s: Callable[[int], float] = lambda index: 0.0
     fails: Callable[[int], bool] = lambda index: False
+    hangs: Callable[[int], bool] = lambda index: False
+    malformed: Callable[[int], bool] = lambda index: False
+    step_timeout_s: float = 15.0
     grace_ms: int = 150
     max_pending: int = 2
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
     slicer: UnitSlicer = field(default_factory=UnitSlicer)
-    started: list[tuple[int, float, Unit, Sequence[object]]] = field(default_factory=list)
+    started: list[tuple[int, float, Unit, Sequence[PendingFrame]]] = field(default_factory=list)
     results: list[tuple[Unit, StepResult, StepTiming]] = field(default_factory=list)
-    errors: list[tuple[Unit, Exception]] = field(default_factory=list)
+    errors: list[tuple[int, Exception]] = field(default_factory=list)
+    stepping_seen: list[int] = field(default_factory=list)
     fed: int = 0
 
     def __post_init__(self) -> None:
         self.loop = UnitLoop(
             self.slicer,
             self.clock,
-            self._step,
-            self._on_result,
-            self._on_error,
+            self,
             grace_ms=self.grace_ms,
             max_pending=self.max_pending,
+            step_timeout_s=self.step_timeout_s,
         )
         self.ticker = asyncio.create_task(self.loop.run_ticker())
-        self.stepper = asyncio.create_task(self.loop.run_stepper())
+        self.stepper = asyncio.create_task(self.loop.run_stepper(self._step))
 
-    async def _step(self, unit: Unit, frames: Sequence[object]) -> StepResult:
+    async def _step(
+        self, audio: UnitAudio, frames: Sequence[PendingFrame]
+    ) -> tuple[Unit, StepResult]:
+        unit = audio.with_frames(())
         self.started.append((unit.index, self.clock.now(), unit, frames))
         await self.clock.sleep_until(self.clock.now() + self.step_s(unit.index))
         if self.fails(unit.index):
             raise EngineBroke(f"unit {unit.index}")
-        return StepResult(listen=True, text=f"u{unit.index}")
+        if self.hangs(unit.index):
+            await asyncio.Event().wait()
+        if self.malformed(unit.index):
+            bad = np.full(100, np.nan, dtype=np.float32)
+            return unit, StepResult(listen=False, text="x", audio=bad)
+        return unit, StepResult(listen=True, text=f"u{unit.index}")
 
-    async def _on_result(self, unit: Unit, result: StepResult, timing: StepTiming) -> None:
+    # StepSink
+    def stepping(self, index: int) -> None:
+        self.stepping_seen.append(index)
+
+    async def result(self, unit: Unit, result: StepResult, timing: StepTiming) -> None:
         self.results.append((unit, result, timing))
 
-    def _on_error(self, unit: Unit, exc: Exception) -> None:
-        self.errors.append((unit, exc))
+    def failed(self, index: int, exc: Exception) -> None:
+        self.errors.append((index, exc))
 
     async def feed(self, seconds: float, start: float = T0, delay: float = 0.0) -> None:
         """Real-time audio: the chunk ending at media time m arrives at start + m + delay."""
@@ -258,7 +276,7 @@ async def test_engine_errors_are_reported_and_the_loop_goes_on() -> None:
     h = Harness(fails=lambda index: index in (1, 3))
     try:
         await h.feed(5.5)
-        assert [u.index for u, _ in h.errors] == [1, 3]
+        assert [index for index, _ in h.errors] == [1, 3]
         assert all(isinstance(e, EngineBroke) for _, e in h.errors)
         assert [u.index for u, *_ in h.results] == [0, 2, 4]
         assert h.loop.errors == 2
@@ -277,7 +295,7 @@ async def test_three_consecutive_engine_failures_end_the_stepper() -> None:
         with pytest.raises(EngineFailing) as failing:
             h.stepper.result()
         assert isinstance(failing.value.__cause__, EngineBroke)
-        assert [u.index for u, _ in h.errors] == [2, 3, 4]
+        assert [index for index, _ in h.errors] == [2, 3, 4]
         assert [u.index for u, *_ in h.results] == [0, 1]
     finally:
         await h.stop()
@@ -302,51 +320,84 @@ async def test_drops_are_reported_even_when_the_next_step_fails() -> None:
     try:
         await h.feed(8.0)
         assert h.loop.dropped_units == 1
-        assert [u.index for u, _ in h.errors] == [3]
+        assert [index for index, _ in h.errors] == [3]
         assert sum(t.dropped_units for *_, t in h.results) == h.loop.dropped_units
     finally:
         await h.stop()
 
 
-async def test_frames_picked_for_the_unit_go_to_the_step() -> None:
+async def test_run_builds_each_unit_once_with_its_frames_and_steps_on_the_replica_thread() -> None:
     picked: list[int] = []
+    converted_on: list[str] = []
+    sides: list[int] = []
+    stepped: list[tuple[Unit, str]] = []
+    results: list[Unit] = []
+    marks: list[int] = []
+
+    class Pending:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def to_frame(self, max_side: int) -> Frame:
+            sides.append(max_side)
+            converted_on.append(threading.current_thread().name)
+            return Frame(rgb=np.full((4, 6, 3), self.index, np.uint8), offset_ms=500)
 
     class Picker:
-        def pick(self, index: int) -> Sequence[object]:
+        def pick(self, index: int) -> Sequence[PendingFrame]:
             picked.append(index)
-            return (f"frame-of-{index}",)
+            return (Pending(index),)
+
+    class Session:
+        def step(self, unit: Unit) -> StepResult:
+            stepped.append((unit, threading.current_thread().name))
+            return StepResult(listen=True)
+
+        def interrupt(self) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    class Sink:
+        def stepping(self, index: int) -> None:
+            marks.append(index)
+
+        async def result(self, unit: Unit, result: StepResult, timing: StepTiming) -> None:
+            results.append(unit)
+
+        def failed(self, index: int, exc: Exception) -> None:
+            raise AssertionError(f"unit {index} failed: {exc}")
 
     clock = FakeClock(T0)
     slicer = UnitSlicer()
-    got: list[tuple[int, Sequence[object]]] = []
-
-    async def step(unit: Unit, frames: Sequence[object]) -> StepResult:
-        got.append((unit.index, frames))
-        return StepResult(listen=True)
-
-    async def on_result(unit: Unit, result: StepResult, timing: StepTiming) -> None:
-        return None
-
-    loop = UnitLoop(
-        slicer,
-        clock,
-        step,
-        on_result,
-        lambda u, e: None,
-        grace_ms=150,
-        max_pending=2,
-        frames=Picker(),
-    )
-    tasks = [asyncio.create_task(loop.run_ticker()), asyncio.create_task(loop.run_stepper())]
+    loop = UnitLoop(slicer, clock, Sink(), grace_ms=150, max_pending=4, frames=Picker())
+    executor = ThreadPoolExecutor(1, thread_name_prefix="replica-test")
+    binding = EngineBinding("test", Session(), executor, frame_side=1280)
+    task = asyncio.create_task(loop.run(binding))
     try:
         slicer.start(clock.now())
         await clock.advance(3.5)
-        assert picked == [0, 1, 2]
-        assert got == [(0, ("frame-of-0",)), (1, ("frame-of-1",)), (2, ("frame-of-2",))]
+        async with asyncio.timeout(10):
+            while len(results) < 3:
+                await asyncio.sleep(0.005)
+        assert loop.binding is binding
+        assert picked == [0, 1, 2] and marks == [0, 1, 2]
+        assert sides == [1280] * 3, "frames are converted at the engine's frame side"
+        assert all(name.startswith("replica-test") for name in converted_on), converted_on
+        assert all(name.startswith("replica-test") for _, name in stepped), stepped
+        # One Unit per step: the engine and the result sink see the same object.
+        assert [id(u) for u, _ in stepped] == [id(u) for u in results]
+        assert [(u.index, u.start_ms, int(u.frames[0].rgb[0, 0, 0])) for u in results] == [
+            (0, 0, 0),
+            (1, 1000, 1),
+            (2, 2000, 2),
+        ]
+        assert all(u.frames[0].offset_ms == 500 and u.audio.size == UNIT_SAMPLES for u in results)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        executor.shutdown(wait=True)
 
 
 async def test_a_unit_that_ends_in_dtx_is_taken_at_its_due_time_without_grace() -> None:
@@ -363,5 +414,38 @@ async def test_a_unit_that_ends_in_dtx_is_taken_at_its_due_time_without_grace() 
         assert h.indices[:3] == [0, 1, 2]
         np.testing.assert_allclose(h.start_times()[1:3], [T0 + 2.0, T0 + 3.0], atol=1e-9)
         assert [u.missing_ms for _, _, u, _ in h.started[:3]] == [0, 0, 0]
+    finally:
+        await h.stop()
+
+
+async def test_a_step_past_its_deadline_ends_the_loop_as_hung() -> None:
+    h = Harness(hangs=lambda index: index == 2, step_timeout_s=5.0)
+    try:
+        await h.feed(3.5)
+        assert not h.stepper.done()
+        await h.clock.advance_to(T0 + 3 + 4.9)
+        assert not h.stepper.done(), "not before its deadline"
+        await h.clock.advance_to(T0 + 3 + 5.01)
+        await h.clock.settle()
+        assert h.stepper.done()
+        with pytest.raises(EngineHung, match="unit 2 ran past 5 s"):
+            h.stepper.result()
+        assert h.loop.hung and h.loop.broken is not None
+        assert [u.index for u, *_ in h.results] == [0, 1]
+    finally:
+        await h.stop()
+
+
+async def test_malformed_results_count_as_failed_steps_and_ask_for_a_rebuild() -> None:
+    h = Harness(malformed=lambda index: index >= 1)
+    try:
+        await h.feed(3.5)
+        assert [index for index, _ in h.errors] == [1, 2]
+        assert all("NaN" in str(exc) for _, exc in h.errors)
+        assert not h.stepper.done() and h.loop.broken is None
+        await h.feed(1.0)
+        with pytest.raises(EngineFailing):
+            h.stepper.result()
+        assert h.loop.broken == "3 failed steps in a row" and not h.loop.hung
     finally:
         await h.stop()

@@ -1,0 +1,119 @@
+"""The engine side of a call: what each step means for the person on the line.
+
+The unit loop steps the engine; the responder turns each result into events and queued
+speech (``StepSink``), and handles barge-in:
+
+* Stale results: an interrupt (barge-in or a client's ``response.cancel``) starts a new
+  epoch.  A step that began before it may still return speech; that result is reported as
+  listening and its speech and text never play.
+* Barge-in: while the service is talking (speech queued, or the engine mid-turn), voiced input
+  for ``barge_in_ms`` interrupts it: the engine session is told (``DuplexSession.interrupt``),
+  the playout buffer is cleared at once, and the client gets ``response.interrupted``.
+  One interrupt per speech segment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omni.api import DuplexSession, StepResult, Unit
+from realtime.audio import WIRE_RATE, OutboundAudio
+from realtime.events import (
+    ErrorEvent,
+    EventChannel,
+    InputTranscript,
+    OutputTextDelta,
+    ResponseInterrupted,
+    UnitDone,
+)
+from realtime.playout import PlayoutBuffer
+from realtime.unit_loop import StepTiming
+
+log = logging.getLogger(__name__)
+
+
+class Responder:
+    def __init__(self, events: EventChannel, playout: PlayoutBuffer, barge_in_ms: int) -> None:
+        self._events = events
+        self._playout = playout
+        self._barge_in_ms = barge_in_ms
+        self._speech_out = OutboundAudio()
+        self._session: DuplexSession | None = None
+        self._epoch = 0
+        self._step_epoch = 0
+        self._engine_speaking = False
+        self._barged_in = False
+        self.interrupts = 0
+
+    def attach(self, session: DuplexSession) -> None:
+        """The call's engine session, once it has one (interrupts reach it from then on)."""
+        self._session = session
+
+    @property
+    def speaking(self) -> bool:
+        """Whether the service is talking (speech queued, or the engine mid-turn)."""
+        return self._playout.level > 0 or self._engine_speaking
+
+    # ------------------------------------------------------------ barge-in
+
+    def speech_started(self) -> None:
+        """The person started a new speech segment: it may interrupt once."""
+        self._barged_in = False
+
+    def voice(self, voiced_ms: float) -> None:
+        """The person is speaking and has been voiced for ``voiced_ms`` in this segment."""
+        if not self._barged_in and self.speaking and voiced_ms >= self._barge_in_ms:
+            self._barged_in = True
+            self.interrupt("barge_in")
+
+    def interrupt(self, reason: str) -> None:
+        """Stop talking now: the engine is told, queued speech is dropped at once."""
+        self.interrupts += 1
+        self._epoch += 1
+        self._engine_speaking = False
+        if self._session is not None:
+            self._session.interrupt()
+        cleared = self._playout.clear()
+        self._events.send(
+            ResponseInterrupted(
+                reason="barge_in" if reason == "barge_in" else "client_cancel",
+                cleared_ms=cleared * 1000 // WIRE_RATE,
+            )
+        )
+
+    # ------------------------------------------------------------ StepSink
+
+    def stepping(self, index: int) -> None:
+        self._step_epoch = self._epoch
+
+    async def result(self, unit: Unit, result: StepResult, timing: StepTiming) -> None:
+        stale = self._step_epoch != self._epoch
+        speak = not result.listen and not stale
+        text = result.text if not stale else ""
+        self._engine_speaking = speak and not result.end_of_turn
+        timings = {
+            "wait_ms": round(timing.wait_ms, 1),
+            "late_ms": round(timing.late_ms, 1),
+            "step_ms": round(timing.step_ms, 1),
+        }
+        timings.update({f"engine_{k}": round(v, 1) for k, v in result.timings.items()})
+        if result.heard:
+            self._events.send(InputTranscript(text=result.heard, unit=unit.index))
+        if text:
+            self._events.send(OutputTextDelta(delta=text, unit=unit.index))
+        self._events.send(
+            UnitDone(
+                index=unit.index,
+                state="speak" if speak else "listen",
+                text=text,
+                end_of_turn=result.end_of_turn and not stale,
+                timings=timings,
+                dropped_units=timing.dropped_units,
+                missing_ms=unit.missing_ms,
+            )
+        )
+        if speak and result.audio is not None and result.audio.size:
+            await self._playout.push(self._speech_out.convert(result.audio))
+
+    def failed(self, index: int, exc: Exception) -> None:
+        self._events.send(ErrorEvent("engine_error", f"unit {index}: {exc}"))
