@@ -13,7 +13,8 @@ from omni.pool import ReplicaPool
 from realtime.clock import LoopClock
 from realtime.patches import install_patches
 from signaling import handlers, whip
-from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
+from signaling.app_keys import AUTH, CALLS, POOL, SETTINGS, WEB_DIR
+from signaling.auth import Authenticator, auth_middleware
 from signaling.body_timeout import body_timeout_middleware
 from signaling.cors import CorsPolicy, cors_middleware
 from signaling.errors import MAX_BODY_BYTES, error_middleware
@@ -31,6 +32,7 @@ def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
     web_dir = Path(settings.server.web_dir) if settings.server.web_dir else DEFAULT_WEB_DIR
     if not (web_dir / "index.html").is_file():
         raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
+    authenticator = Authenticator(settings.auth)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         # Outermost first: CORS headers go on every answer, errors included; the body
@@ -38,6 +40,7 @@ def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
         middlewares=[
             cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
             error_middleware,
+            auth_middleware(authenticator),
             body_timeout_middleware(settings.server.body_timeout_s),
         ],
     )
@@ -46,10 +49,12 @@ def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
     app[POOL] = pool
     app[CALLS] = CallManager(settings, pool, LoopClock())
     app[WEB_DIR] = web_dir
+    app[AUTH] = authenticator
     app.cleanup_ctx.append(_lifetime)
     app.router.add_post("/v1/calls", handlers.create_call)
     app.router.add_get("/v1/calls/{call_id}", handlers.get_call)
     app.router.add_delete("/v1/calls/{call_id}", handlers.delete_call)
+    app.router.add_post("/v1/tokens", handlers.create_token)
     app.router.add_post("/v1/whip", whip.create)
     app.router.add_patch("/v1/whip/{call_id}", whip.patch)
     app.router.add_delete("/v1/whip/{call_id}", whip.delete)

@@ -15,6 +15,7 @@ from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
 from signaling.settings import (
+    AuthSettings,
     EngineSettings,
     LoggingSettings,
     ServerSettings,
@@ -386,6 +387,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "engine.lite",
         "engine.minicpmo",
         "engine.llamacpp",
+        "auth",
         "logging",
     }
     assert (
@@ -398,6 +400,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 CallConfig,
                 VadConfig,
                 LoggingSettings,
+                AuthSettings,
                 EchoConfig,
                 LiteConfig,
                 MiniCPMOConfig,
