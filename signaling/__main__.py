@@ -264,6 +264,12 @@ async def _run(settings: Settings, open_files: int | None) -> int:
     host = settings.server.host
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::") else host
     port = runner.addresses[0][1] if runner.addresses else settings.server.port
+    if not settings.auth.api_keys and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "auth is off and the server listens on %s: anyone who reaches it may call; "
+            "list auth.api_keys (README: Access control)",
+            host,
+        )
     scheme = "https" if tls is not None else "http"
     log.info("omnirtc serving %s: open %s://%s:%s/ to call", what, scheme, shown, port)
     stop = asyncio.Event()

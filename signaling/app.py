@@ -13,7 +13,8 @@ from omni.pool import ReplicaPool
 from realtime.clock import LoopClock
 from realtime.patches import install_patches
 from signaling import handlers, whip
-from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
+from signaling.app_keys import AUTH, CALLS, POOL, SETTINGS, WEB_DIR
+from signaling.auth import Authenticator, auth_middleware
 from signaling.body_timeout import body_timeout_middleware
 from signaling.cluster.worker import ClusterWorker
 from signaling.cors import CorsPolicy, cors_middleware
@@ -37,6 +38,7 @@ def create_app(
     web_dir = Path(settings.server.web_dir) if settings.server.web_dir else DEFAULT_WEB_DIR
     if not (web_dir / "index.html").is_file():
         raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
+    authenticator = Authenticator(settings.auth)
     # issue 10: metrics, and the cluster worker's admission check, registry and hooks
     metrics = Metrics(worker.worker_id if worker else default_worker_name())
     extra = [worker.middleware] if worker else []
@@ -49,6 +51,7 @@ def create_app(
             cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
             metrics.middleware,
             error_middleware,
+            auth_middleware(authenticator),
             *extra,
             body_timeout_middleware(settings.server.body_timeout_s),
         ],
@@ -58,6 +61,7 @@ def create_app(
     app[POOL] = pool
     app[CALLS] = CallManager(settings, pool, LoopClock(), hooks)
     app[WEB_DIR] = web_dir
+    app[AUTH] = authenticator
     app[METRICS] = metrics
     metrics.refresh = _gauges(metrics, pool, app[CALLS])
     app.cleanup_ctx.append(_lifetime)
@@ -67,6 +71,7 @@ def create_app(
     app.router.add_post("/v1/calls", handlers.create_call)
     app.router.add_get("/v1/calls/{call_id}", handlers.get_call)
     app.router.add_delete("/v1/calls/{call_id}", handlers.delete_call)
+    app.router.add_post("/v1/tokens", handlers.create_token)
     app.router.add_post("/v1/whip", whip.create)
     app.router.add_patch("/v1/whip/{call_id}", whip.patch)
     app.router.add_delete("/v1/whip/{call_id}", whip.delete)

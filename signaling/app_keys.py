@@ -7,6 +7,7 @@ from pathlib import Path
 from aiohttp import web
 
 from omni.pool import ReplicaPool
+from signaling.auth import Authenticator
 from signaling.sessions import CallManager
 from signaling.settings import Settings
 
@@ -14,3 +15,4 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", ReplicaPool)
 CALLS = web.AppKey("calls", CallManager)
 WEB_DIR = web.AppKey("web_dir", Path)
+AUTH = web.AppKey("auth", Authenticator)

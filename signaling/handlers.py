@@ -15,10 +15,12 @@ from pydantic import ValidationError
 
 from realtime.audio import decode_voice
 from realtime.errors import InvalidVoice
-from signaling.app_keys import CALLS, POOL, WEB_DIR
+from signaling.app_keys import AUTH, CALLS, POOL, WEB_DIR
+from signaling.auth import principal_of
 from signaling.errors import ApiError
 from signaling.hooks import CLAIMED_CALL_ID
 from signaling.messages import CallAnswer, CallRequest
+from signaling.sessions import Admitted
 
 
 async def create_call(request: web.Request) -> web.Response:
@@ -34,8 +36,7 @@ async def create_call(request: web.Request) -> web.Response:
         offer, voice = await asyncio.to_thread(_parse, raw)
     else:
         offer, voice = _parse(raw)
-    # issue 10: a cluster worker names the call as the gateway that placed it did
-    admitted = await request.app[CALLS].create(offer, voice, request.get(CLAIMED_CALL_ID))
+    admitted = await start_call(request, offer, voice)
     answer = CallAnswer(call_id=admitted.call_id, sdp=admitted.answer_sdp)
     return web.json_response(
         answer.model_dump(),
@@ -72,13 +73,39 @@ def _voice(encoded: str) -> NDArray[np.float32]:
     return decode_voice(data)
 
 
+async def start_call(
+    request: web.Request, offer: CallRequest, voice: NDArray[np.float32] | None
+) -> Admitted:
+    """Admit a call for the request's principal (a token starts one call at most)."""
+    principal = principal_of(request)
+    auth = request.app[AUTH]
+    auth.spend(principal)
+    try:
+        # issue 10: a cluster worker names the call as the gateway that placed it did
+        return await request.app[CALLS].create(
+            offer, voice, principal, request.get(CLAIMED_CALL_ID)
+        )
+    except BaseException:
+        auth.refund(principal)  # the call did not start: the token may try again
+        raise
+
+
 async def get_call(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CALLS].snapshot(request.match_info["call_id"]))
+    calls = request.app[CALLS]
+    return web.json_response(calls.snapshot(request.match_info["call_id"], principal_of(request)))
 
 
 async def delete_call(request: web.Request) -> web.Response:
-    await request.app[CALLS].end(request.match_info["call_id"])
+    await request.app[CALLS].end(request.match_info["call_id"], principal_of(request))
     return web.Response(status=204)
+
+
+async def create_token(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    if not auth.enabled:
+        raise ApiError(400, "auth_off", "auth is off (no auth.api_keys): calls need no token")
+    token, ttl = auth.mint(principal_of(request))
+    return web.json_response({"token": token, "expires_in_s": ttl}, status=201)
 
 
 async def healthz(request: web.Request) -> web.Response:

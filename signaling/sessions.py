@@ -24,6 +24,7 @@ from omni.errors import EngineBusy
 from omni.pool import ReplicaPool
 from realtime.clock import Clock
 from realtime.session import Call, CallMode
+from signaling.auth import ANONYMOUS, Owner, Principal
 from signaling.errors import RETRY_AFTER_S, ApiError, busy, to_api_error
 from signaling.hooks import CallHooks
 from signaling.logctx import bind_call_id
@@ -40,12 +41,12 @@ class Admitted:
     """A call that was admitted and negotiated."""
 
     call_id: str
-    """``call_`` + 16 random hex digits."""
+    """``call_`` + 32 random hex digits (128 bits: unguessable)."""
     answer_sdp: str
 
 
 def new_call_id() -> str:
-    return "call_" + secrets.token_hex(8)
+    return "call_" + secrets.token_hex(16)
 
 
 class CallManager:
@@ -64,7 +65,8 @@ class CallManager:
         self._pool = pool
         self._clock = clock
         self._calls: dict[str, Call] = {}
-        self._ended: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._owners: dict[str, Owner] = {}
+        self._ended: OrderedDict[str, tuple[Owner, dict[str, Any]]] = OrderedDict()
         self._admitting = 0
         self._tasks: asyncio.TaskGroup | None = None
         self.total_calls = 0
@@ -85,6 +87,7 @@ class CallManager:
         self,
         request: CallRequest,
         voice: NDArray[np.float32] | None,
+        principal: Principal = ANONYMOUS,
         call_id: str | None = None,  # issue 10: a gateway names the calls it places here
     ) -> Admitted:
         """Admit, negotiate and start a call; ``voice`` is a 16 kHz mono float32 clip.
@@ -95,6 +98,13 @@ class CallManager:
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
         mode = CallMode(request.session.mode)
+        if principal.max_calls and self.calls_of(principal.key) >= principal.max_calls:
+            raise ApiError(
+                429,
+                "too_many_calls",
+                f"key {principal.key!r} is at its limit of {principal.max_calls} calls",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
         if len(self._calls) + self._admitting >= self.max_calls:
             raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
         source: EngineSource | None = None
@@ -126,6 +136,7 @@ class CallManager:
             raise ApiError(409, "call_exists", f"a call with id {call_id!r} exists already")
         self._admitting += 1
         call_id = call_id or new_call_id()
+        self._owners[call_id] = Owner.of(principal)
         call = Call(
             call_id,
             mode,
@@ -140,6 +151,7 @@ class CallManager:
             if source is not None:
                 await source.close(None)
             await call.peer.close()
+            self._owners.pop(call_id, None)
             if isinstance(exc, Exception):
                 raise to_api_error(exc, f"negotiating call {call_id}") from None
             raise
@@ -150,7 +162,10 @@ class CallManager:
         for hook in self._hooks:  # issue 10
             hook.admitted(call, queued)
         self._tasks.create_task(self._run(call, source), name=f"call:{call_id}")
-        log.info("call admitted", extra={"call_id": call_id, "mode": mode.value})
+        log.info(
+            "call admitted",
+            extra={"call_id": call_id, "mode": mode.value, "key": principal.key or None},
+        )
         return Admitted(call_id, answer)
 
     async def _run(self, call: Call, source: EngineSource | None) -> None:
@@ -161,7 +176,8 @@ class CallManager:
             log.exception("call %s crashed", call.call_id)
         finally:
             self._calls.pop(call.call_id, None)
-            self._ended[call.call_id] = call.snapshot()
+            owner = self._owners.pop(call.call_id, Owner.of(ANONYMOUS))
+            self._ended[call.call_id] = (owner, call.snapshot())
             while len(self._ended) > _ENDED_KEPT:
                 self._ended.popitem(last=False)
             for hook in self._hooks:  # issue 10
@@ -170,28 +186,40 @@ class CallManager:
                 except Exception:
                     log.exception("a hook failed on the end of call %s", call.call_id)
 
-    def live(self, call_id: str) -> Call:
-        """The call ``call_id`` while it runs; raises ApiError 404 once it has ended or when
-        there never was one."""
+    def calls_of(self, key: str) -> int:
+        """Live calls started with API key ``key`` (or with its tokens)."""
+        return sum(1 for owner in self._owners.values() if owner.key == key)
+
+    def live(self, call_id: str, principal: Principal = ANONYMOUS) -> Call:
+        """The call ``call_id`` while it runs; raises ApiError 404 once it has ended, when
+        there never was one, or when ``principal`` does not own it (whose calls exist is
+        nobody else's business)."""
         call = self._calls.get(call_id)
-        if call is None:
+        owner = self._owners.get(call_id)
+        if call is None or owner is None or not owner.admits(principal):
             raise ApiError(404, "unknown_call", f"no live call with id {call_id!r}")
         return call
 
-    def snapshot(self, call_id: str) -> dict[str, Any]:
+    def snapshot(self, call_id: str, principal: Principal = ANONYMOUS) -> dict[str, Any]:
+        """The call's state, counters and timings (also for a recently ended call)."""
         call = self._calls.get(call_id)
-        if call is not None:
+        owner = self._owners.get(call_id)
+        if call is not None and owner is not None and owner.admits(principal):
             return call.snapshot()
         ended = self._ended.get(call_id)
-        if ended is not None:
-            return ended
+        if ended is not None and ended[0].admits(principal):
+            return ended[1]
         raise ApiError(404, "unknown_call", f"no call with id {call_id!r}")
 
-    async def end(self, call_id: str, wait_s: float = 15.0) -> None:
+    async def end(
+        self, call_id: str, principal: Principal = ANONYMOUS, wait_s: float = 15.0
+    ) -> None:
         """Hang up a call and wait (bounded) until everything it held is freed."""
         call = self._calls.get(call_id)
-        if call is None:
-            if call_id not in self._ended:
+        owner = self._owners.get(call_id)
+        if call is None or owner is None or not owner.admits(principal):
+            ended = self._ended.get(call_id)
+            if ended is None or not ended[0].admits(principal):
                 raise ApiError(404, "unknown_call", f"no call with id {call_id!r}")
             return
         call.stop("deleted")

@@ -116,6 +116,38 @@ def _is_origin(text: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    """Who holds the key (in logs and call ownership; never the key itself)."""
+    key: str
+    """The secret, sent as ``Authorization: Bearer <key>``."""
+    max_calls: int = 0
+    """Calls this key may have at once; 0 = only the server's limit."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.name.strip()), "api_keys[].name must not be empty")
+        require(len(self.key) >= 16, f"api_keys[{self.name}].key must be at least 16 characters")
+        require(0 <= self.max_calls <= 1000, "api_keys[].max_calls must be 0..1000")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    api_keys: tuple[ApiKey, ...] = ()
+    """Keys that may call; none = auth off (anyone who reaches the port may call)."""
+    token_ttl_s: float = 120.0
+    """Lifetime of a call token minted by ``POST /v1/tokens``."""
+    token_secret: str = ""
+    """HMAC secret that signs tokens; empty = random at each start."""
+
+    def __post_init__(self) -> None:
+        names = [k.name for k in self.api_keys]
+        require(len(set(names)) == len(names), "api_keys: each key needs its own name")
+        keys = [k.key for k in self.api_keys]
+        require(len(set(keys)) == len(keys), "api_keys: two entries share a key")
+        require(5 <= self.token_ttl_s <= 86_400, "token_ttl_s must be 5..86400")
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingSettings:
     level: str = "INFO"
     json: bool = False
@@ -131,6 +163,7 @@ class Settings:
     webrtc: PeerConfig = field(default_factory=PeerConfig)
     call: CallConfig = field(default_factory=CallConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)  # issue 10
 

@@ -23,8 +23,9 @@ from pydantic import ValidationError
 
 from realtime.trickle import InvalidFragment, read_trickle
 from signaling.app_keys import CALLS, SETTINGS
+from signaling.auth import principal_of
 from signaling.errors import ApiError
-from signaling.hooks import CLAIMED_CALL_ID
+from signaling.handlers import start_call
 from signaling.messages import MAX_SDP_CHARS, CallRequest, SessionOptions
 
 SDP = "application/sdp"
@@ -45,9 +46,8 @@ async def create(request: web.Request) -> web.Response:
         call_request = CallRequest(sdp=offer, type="offer", session=options)
     except ValidationError as exc:
         raise ApiError(400, "invalid_request", _first(exc)) from None
-    # issue 10: a cluster worker names the call as the gateway that placed it did
-    admitted = await request.app[CALLS].create(call_request, None, request.get(CLAIMED_CALL_ID))
-    call = request.app[CALLS].live(admitted.call_id)
+    admitted = await start_call(request, call_request, None)
+    call = request.app[CALLS].live(admitted.call_id, principal_of(request))
     headers = {
         "Location": f"/v1/whip/{admitted.call_id}",
         "ETag": _etag(call.peer.local_ufrag),
@@ -61,7 +61,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    call = request.app[CALLS].live(request.match_info["call_id"])
+    call = request.app[CALLS].live(request.match_info["call_id"], principal_of(request))
     if request.content_type != SDPFRAG:
         raise ApiError(
             415,
@@ -85,7 +85,7 @@ async def patch(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    await request.app[CALLS].end(request.match_info["call_id"])
+    await request.app[CALLS].end(request.match_info["call_id"], principal_of(request))
     return web.Response(status=200)
 
 

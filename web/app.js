@@ -189,7 +189,10 @@ async function startCall() {
     ui.preview.srcObject = stream;
     ui.preview.hidden = false;
   }
-  call = new OmniCall({ session: { mode: ui.mode.value } });
+  // With auth on, open the page as /#token=<API key or call token>: the fragment never
+  // reaches the server's logs.
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  call = new OmniCall({ session: { mode: ui.mode.value }, token });
   call.addEventListener("message", (e) => onServerEvent(e.detail));
   call.addEventListener("track", (e) => {
     ui.remote.srcObject = e.detail.stream;

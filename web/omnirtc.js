@@ -28,9 +28,14 @@ const PING_INTERVAL_MS = 1000;
 const DISCONNECT_GRACE_MS = 5000;
 
 export class OmniCall extends EventTarget {
-  constructor({ baseUrl = "", session = {}, iceServers = [] } = {}) {
+  /**
+   * token: an API key or a call token from POST /v1/tokens, when the server has auth on
+   * (sent as Authorization: Bearer).
+   */
+  constructor({ baseUrl = "", session = {}, iceServers = [], token = null } = {}) {
     super();
     this.baseUrl = baseUrl.replace(/\/$/, "");
+    this.token = token;
     this.session = session;
     this.iceServers = iceServers;
     this.pc = null;
@@ -73,7 +78,7 @@ export class OmniCall extends EventTarget {
     await this._gathered(pc);
     const response = await fetch(`${this.baseUrl}/v1/calls`, {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: this._headers({ "Content-Type": "application/json" }),
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", session: this.session }),
     }).catch((err) => {
       this._close();
@@ -94,6 +99,10 @@ export class OmniCall extends EventTarget {
     return this.callId;
   }
 
+  _headers(headers) {
+    return this.token ? { ...headers, Authorization: `Bearer ${this.token}` } : headers;
+  }
+
   /** Ask the service to stop talking now (barge-in by button). */
   cancel() {
     this.send({ type: "response.cancel" });
@@ -112,9 +121,11 @@ export class OmniCall extends EventTarget {
     const id = this.callId;
     this._close();
     if (id) {
-      await fetch(`${this.baseUrl}/v1/calls/${id}`, { method: "DELETE", keepalive: true }).catch(
-        () => {},
-      );
+      await fetch(`${this.baseUrl}/v1/calls/${id}`, {
+        method: "DELETE",
+        keepalive: true,
+        headers: this._headers({}),
+      }).catch(() => {});
     }
     this._end("hangup");
   }

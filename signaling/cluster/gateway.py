@@ -18,7 +18,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from signaling import handlers
 from signaling.app import DEFAULT_WEB_DIR
-from signaling.app_keys import SETTINGS, WEB_DIR
+from signaling.app_keys import AUTH, SETTINGS, WEB_DIR
+from signaling.auth import Authenticator, auth_middleware
 from signaling.body_timeout import body_timeout_middleware
 from signaling.cluster.registry import Claim, RedisRegistry, RegistryUnavailable
 from signaling.cluster.router import Relayed, Router, check_offer_off_loop
@@ -106,6 +107,9 @@ def create_gateway_app(
         raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
     name = name or settings.cluster.worker_id or f"gateway-{default_worker_name()}"
     metrics = Metrics(name)
+    # Clients authenticate here first (nothing is claimed for a refused request), and again
+    # at the worker, which owns the call (gateways and workers share the auth settings).
+    authenticator = Authenticator(settings.auth)
     gateway_metrics = GatewayMetrics(metrics, registry)
     metrics.refresh = gateway_metrics.refresh
     app = web.Application(
@@ -114,6 +118,7 @@ def create_gateway_app(
             cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
             metrics.middleware,
             error_middleware,
+            auth_middleware(authenticator),
             body_timeout_middleware(settings.server.body_timeout_s),
         ],
     )
@@ -121,11 +126,13 @@ def create_gateway_app(
     app[SETTINGS] = settings
     app[WEB_DIR] = web_dir
     app[METRICS] = metrics
+    app[AUTH] = authenticator
     app[ROUTER] = Router(registry, settings.cluster, gateway_metrics.claimed)
     app.cleanup_ctx.append(_lifetime)
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls/{call_id}", call_request)
     app.router.add_delete("/v1/calls/{call_id}", call_request)
+    app.router.add_post("/v1/tokens", handlers.create_token)
     app.router.add_post("/v1/whip", create_whip)
     app.router.add_patch("/v1/whip/{call_id}", call_request)
     app.router.add_delete("/v1/whip/{call_id}", call_request)
@@ -160,7 +167,9 @@ async def create_call(request: web.Request) -> web.Response:
         )
     raw = await request.read()
     await check_offer_off_loop(raw)
-    return _response(await request.app[ROUTER].place(raw, "application/json"))
+    return _response(
+        await request.app[ROUTER].place(raw, "application/json", headers=request.headers)
+    )
 
 
 async def create_whip(request: web.Request) -> web.Response:
@@ -174,7 +183,9 @@ async def create_whip(request: web.Request) -> web.Response:
     raw = await request.read()
     if not raw.strip():
         raise ApiError(400, "invalid_sdp", "the offer is empty")
-    return _response(await request.app[ROUTER].place(raw, SDP, request.path_qs))
+    return _response(
+        await request.app[ROUTER].place(raw, SDP, request.path_qs, headers=request.headers)
+    )
 
 
 async def call_request(request: web.Request) -> web.Response:

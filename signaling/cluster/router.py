@@ -34,7 +34,7 @@ MAX_ATTEMPTS = 3
 RETRY_AFTER_BUSY_S = 5
 _RELAYED_HEADERS = ("Content-Type", "Location", "Retry-After", "ETag", "Accept-Patch", "Link")
 """Headers of a worker's answer handed back to the client (WHIP's among them)."""
-_FORWARDED_HEADERS = ("Content-Type", "If-Match")
+_FORWARDED_HEADERS = ("Content-Type", "If-Match", "Authorization")
 """Headers of a client's request about a call passed on to its worker."""
 _PARSE_ON_LOOP_BYTES = 64 * 1024
 
@@ -82,8 +82,15 @@ class Router:
 
     # ------------------------------------------------------------ offers
 
-    async def place(self, raw: bytes, content_type: str, path: str = "/v1/calls") -> Relayed:
-        """Claim a slot (or a queue place) and have its worker answer the offer."""
+    async def place(
+        self,
+        raw: bytes,
+        content_type: str,
+        path: str = "/v1/calls",
+        headers: Mapping[str, str] | None = None,
+    ) -> Relayed:
+        """Claim a slot (or a queue place) and have its worker answer the offer (``headers``:
+        the client's; those that matter, such as Authorization, are passed on)."""
         call_id = new_call_id()
         passed_over: list[str] = []
         for _ in range(MAX_ATTEMPTS):
@@ -96,6 +103,7 @@ class Router:
                     body=raw,
                     content_type=content_type,
                     call_id=call_id,
+                    headers=headers,
                 )
             except WorkerUnreachable as exc:
                 if exc.delivered:

@@ -34,7 +34,7 @@ from signaling.settings import Settings
 log = logging.getLogger(__name__)
 
 CALL_ID_HEADER = "Omnirtc-Call-Id"
-CALL_ID = re.compile(r"call_[0-9a-f]{16}")
+CALL_ID = re.compile(r"call_[0-9a-f]{16}(?:[0-9a-f]{16})?")
 OFFER_PATHS = ("/v1/calls", "/v1/whip")
 _CALL_S_START = 120.0
 

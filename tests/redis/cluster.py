@@ -156,3 +156,17 @@ async def wait_workers(
 async def post_offer(http: aiohttp.ClientSession, url: str, sdp: str) -> tuple[int, Any, Any]:
     async with http.post(f"{url}/v1/calls", json={"sdp": sdp, "type": "offer"}) as r:
         return r.status, await r.json(), r.headers
+
+
+async def wait_free(
+    http: aiohttp.ClientSession, gateway: str, free: int, timeout: float = 5
+) -> dict[str, Any]:
+    """Until the gateway sees ``free`` free replicas (a hung-up call frees its slot just
+    after its DELETE is answered)."""
+    body: dict[str, Any] = {}
+    async with asyncio.timeout(timeout):
+        while True:
+            body = await ready(http, gateway)
+            if body.get("replicas_free") == free:
+                return body
+            await asyncio.sleep(0.02)

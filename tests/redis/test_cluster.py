@@ -18,7 +18,7 @@ from aiortc import RTCSessionDescription
 from signaling.cluster.config import ClusterSettings
 from signaling.cluster.registry import RedisRegistry
 from tests.integration.test_whip import _fragment, _publish
-from tests.redis.cluster import Cluster, post_offer, ready, wait_workers
+from tests.redis.cluster import Cluster, post_offer, ready, wait_free, wait_workers
 from tests.support.caller import Caller, make_offer
 from tests.support.loop_watch import LoopWatch
 from tests.support.redis_server import RedisServer, free_port
@@ -74,7 +74,7 @@ async def test_two_gateways_racing_for_the_last_slot_admit_one_call(
         # Hung up through the other gateway: the slot is free again at once.
         async with http.delete(f"{gateways[1]}/v1/calls/{admitted['call_id']}") as r:
             assert r.status == 204
-        assert (await ready(http, gateways[0]))["replicas_free"] == 1
+        await wait_free(http, gateways[0], 1)
 
 
 async def test_a_worker_takes_only_offers_a_gateway_claimed_for_it(
@@ -102,7 +102,7 @@ async def test_a_bad_offer_through_the_gateway_is_refused_and_frees_nothing(
         assert (await r.json())["error"]["code"] == "invalid_request"
     async with http.post(f"{gateway}/v1/calls", json={"sdp": "not sdp", "type": "offer"}) as r:
         assert r.status == 400  # the worker's verdict, relayed; its slot given back
-    assert (await ready(http, gateway))["replicas_free"] == 1
+    await wait_free(http, gateway, 1)
     async with http.get(f"{gateway}/v1/calls/call_0123456789abcdef") as r:
         assert r.status == 404
 
@@ -157,9 +157,31 @@ async def test_a_whip_call_through_the_gateway_trickles_to_its_worker(
         assert (status, body["error"]["code"]) == (503, "busy")  # WHIP took the last slot
         async with http.delete(f"{gateway}{location}") as d:
             assert d.status == 200
-        assert (await ready(http, gateway))["replicas_free"] == 1
+        await wait_free(http, gateway, 1)
     finally:
         await caller.close()
+
+
+async def test_with_auth_the_gateway_and_the_worker_both_check_the_caller(
+    cluster: Cluster, http: aiohttp.ClientSession, registry: RedisRegistry
+) -> None:
+    keys = [{"name": "alice", "key": "a" * 32}, {"name": "bob", "key": "b" * 32}]
+    await cluster.worker("w1", calls=1, auth__api_keys=keys)
+    gateway = await cluster.gateway(auth__api_keys=keys)
+    await wait_workers(http, gateway, 1)
+    offer = {"sdp": await make_offer(), "type": "offer"}
+    async with http.post(f"{gateway}/v1/calls", json=offer) as r:
+        assert r.status == 401
+    assert [w.used for w in await registry.workers()] == [0]  # nothing was claimed
+    alice = {"Authorization": "Bearer " + "a" * 32}
+    bob = {"Authorization": "Bearer " + "b" * 32}
+    async with http.post(f"{gateway}/v1/calls", json=offer, headers=alice) as r:
+        assert r.status == 201
+        call_id = (await r.json())["call_id"]
+    async with http.get(f"{gateway}/v1/calls/{call_id}", headers=bob) as r:
+        assert r.status == 404  # the worker owns the call and knows it is alice's
+    async with http.delete(f"{gateway}/v1/calls/{call_id}", headers=alice) as r:
+        assert r.status == 204
 
 
 async def test_a_full_cluster_queues_calls_with_position_and_eta_then_refuses(
@@ -186,8 +208,10 @@ async def test_a_full_cluster_queues_calls_with_position_and_eta_then_refuses(
         async with http.delete(f"{gateway}/v1/calls/{first.call_id}") as r:
             assert r.status == 204
         await second.wait_for("session.queue_done", 5)  # the freed replica went to it
-        body = await ready(http, gateway)
-        assert (body["replicas_free"], body["queued"]) == (0, 0)
+        async with asyncio.timeout(5):  # and the first call's slot leaves the registry
+            while (await ready(http, gateway))["queued"] != 0:
+                await asyncio.sleep(0.02)
+        assert (await ready(http, gateway))["replicas_free"] == 0
     finally:
         await first.close()
         await second.close()
@@ -265,7 +289,7 @@ async def test_live_calls_go_on_while_redis_restarts_and_workers_re_register(
         assert await receiving(caller) > 25
         async with http.delete(f"{gateway}/v1/calls/{caller.call_id}") as r:
             assert r.status == 204
-        assert (await ready(http, gateway))["replicas_free"] == 2
+        await wait_free(http, gateway, 2)
     finally:
         await caller.close()
 

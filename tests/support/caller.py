@@ -157,7 +157,11 @@ class Caller:
         return str(self.pc.localDescription.sdp)
 
     async def call(
-        self, http: aiohttp.ClientSession, connect_timeout: float = 10.0, events: bool = True
+        self,
+        http: aiohttp.ClientSession,
+        connect_timeout: float = 10.0,
+        events: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Offer, apply the answer and wait until connected (and the events channel is open,
         unless ``events`` is False)."""
@@ -165,6 +169,7 @@ class Caller:
         async with http.post(
             f"{self.base_url}/v1/calls",
             json={"sdp": sdp, "type": "offer", "session": self.session},
+            headers=headers,
         ) as response:
             body = await response.json()
             assert response.status == 201, body

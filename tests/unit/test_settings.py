@@ -16,6 +16,7 @@ from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
 from signaling.cluster.config import ClusterSettings
 from signaling.settings import (
+    AuthSettings,
     EngineSettings,
     LoggingSettings,
     ServerSettings,
@@ -387,6 +388,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "engine.lite",
         "engine.minicpmo",
         "engine.llamacpp",
+        "auth",
         "logging",
         "cluster",
     }
@@ -400,6 +402,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 CallConfig,
                 VadConfig,
                 LoggingSettings,
+                AuthSettings,
                 EchoConfig,
                 LiteConfig,
                 MiniCPMOConfig,
