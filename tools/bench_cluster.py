@@ -200,7 +200,8 @@ async def run(workers: int, calls: int, concurrency: int, claims: int) -> None:
                     return_exceptions=True,
                 )
         finally:
-            await stop(processes)
+            await stop(processes[1:])  # the workers leave the registry before Redis stops
+            await stop(processes[:1])
 
 
 async def main() -> None:
