@@ -107,6 +107,23 @@ async def test_a_bad_offer_through_the_gateway_is_refused_and_frees_nothing(
         assert r.status == 404
 
 
+async def test_a_caller_that_goes_away_frees_its_slot(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    await cluster.worker("w1", calls=1)
+    gateway = await cluster.gateway()
+    await wait_workers(http, gateway, 1)
+    caller = Caller(gateway)
+    try:
+        await caller.call(http)
+        await wait_free(http, gateway, 0)
+    finally:
+        await caller.close()  # no DELETE: the peer connection just closes
+    await wait_free(http, gateway, 1, timeout=15)
+    async with http.get(f"{gateway}/v1/calls/{caller.call_id}") as r:
+        assert (await r.json())["end_reason"] == "connection_closed"
+
+
 async def test_a_worker_that_cannot_be_reached_is_passed_over(
     cluster: Cluster, http: aiohttp.ClientSession, registry: RedisRegistry
 ) -> None:
