@@ -93,6 +93,7 @@ async def _keep_running(
             await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
         if stop.is_set():
             if process.returncode is None:
                 process.terminate()
