@@ -272,6 +272,7 @@ async def test_a_worker_killed_mid_call_frees_its_slots_and_spares_other_calls(
             assert (await r.json())["state"] == "active"
         async with http.delete(f"{gateway}/v1/calls/{survivor.call_id}") as r:
             assert r.status == 204
+        await wait_free(http, gateway, 1)
         status, body, _ = await post_offer(http, gateway, await make_offer())
         assert status == 201
         assert await registry.owner(body["call_id"]) == "wb"
