@@ -103,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
         const=True,
         help="serve HTTPS with a certificate made at start for this machine",
     )
+    call = commands.add_parser(
+        "call",
+        help="call a server: say a sound file (or talk), print the events, keep the answer",
+    )
+    from omnirtc_client.cli import add_arguments
+
+    add_arguments(call)
     replay = commands.add_parser(
         "replay",
         help="run a recorded audio or video file through an engine, offline, unit by unit",
@@ -122,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "call":
+        # A client: no server settings; warnings only, on stderr (stdout carries events).
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        from omnirtc_client.cli import run
+
+        return asyncio.run(run(args))
     config = args.config
     if config is None and DEFAULT_CONFIG.is_file():
         config = DEFAULT_CONFIG
