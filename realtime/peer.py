@@ -32,6 +32,7 @@ from realtime.patches import (
     install_patches,
     offering_host_addresses,
     use_immediate_jitter_buffer,
+    use_inband_fec,
 )
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class Peer:
         self.on_channel: Callable[[EventsChannel], None] = lambda _: None
         self.on_message: Callable[[str | bytes], None] = lambda _: None
         self.jitter_buffers: list[ImmediateAudioJitterBuffer] = []
+        self.inband_fec = False
+        """The client offered Opus in-band FEC: we ask for it and send it (realtime.patches)."""
         self._media_transport: Any = None
         self._pc.on("track", self._on_track)
         self._pc.on("datachannel", self._on_datachannel)
@@ -158,6 +161,8 @@ class Peer:
         if len(audio) != 1:
             raise UnsupportedMedia("the offer has no usable audio section")
         self.jitter_buffers.append(use_immediate_jitter_buffer(audio[0].receiver))
+        if offer.opus_fec:
+            self.inband_fec = use_inband_fec(self._pc) > 0
         self._watch_media_transport(audio[0].receiver.transport)
         self._pc.addTrack(SourceTrack(outbound))
         try:

@@ -10,7 +10,7 @@ answers; unit lateness comes from each call's snapshot (``GET /v1/calls/{id}``: 
 the call's last 600 units), packet loss from its counters. At the end the callers hang up and
 one more row shows what is left once every call has ended.
 
-tests/integration/test_soak.py runs the same pieces (3 calls × 3 minutes) and asserts flat
+tests/integration/test_soak.py runs the same pieces (3 calls x 3 minutes) and asserts flat
 memory and no task growth; BENCHMARKS.md reports a long run.
 """
 
@@ -124,7 +124,8 @@ class CallerProcess:
         return self._proc is not None and self._proc.returncode is None
 
     async def wait(self, timeout_s: float) -> int:
-        assert self._proc is not None and self._reader is not None
+        assert self._proc is not None
+        assert self._reader is not None
         async with asyncio.timeout(timeout_s):
             await self._reader
             return await self._proc.wait()
@@ -271,7 +272,7 @@ async def _serve_and_soak(args: argparse.Namespace) -> None:
                     if r.status == 200:
                         break
                 await asyncio.sleep(0.1)
-        print(f"soak: {args.calls} calls × {args.minutes} min, engine {args.engine}", flush=True)
+        print(f"soak: {args.calls} calls x {args.minutes} min, engine {args.engine}", flush=True)
         print(HEADER, flush=True)
         samples, summary = await soak(
             url, args.calls, args.minutes * 60, args.every, lambda s: print(row(s), flush=True)

@@ -124,6 +124,8 @@ class Caller:
         self.call_id: str | None = None
         self.edit_offer: Callable[[str], str] = lambda sdp: sdp
         """Changes this client's offer before it is applied and sent (SDP munging)."""
+        self.edit_sent_offer: Callable[[str], str] = lambda sdp: sdp
+        """Changes the offer as sent, after it is applied here (with its candidates)."""
         self.edit_answer: Callable[[str], str] = lambda sdp: sdp
         """Changes the server's answer before this client applies it."""
         self.answer_sdp = ""
@@ -154,7 +156,7 @@ class Caller:
         offer = await self.pc.createOffer()
         offer.sdp = self.edit_offer(offer.sdp)
         await self.pc.setLocalDescription(offer)
-        return str(self.pc.localDescription.sdp)
+        return self.edit_sent_offer(str(self.pc.localDescription.sdp))
 
     async def call(
         self, http: aiohttp.ClientSession, connect_timeout: float = 10.0, events: bool = True
