@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,8 @@ class Sample:
     late_p95_ms: float
     late_max_ms: float
     lost_ms: int
+    ended: str = ""
+    """Why calls that are no longer active ended (``reason:count``)."""
 
 
 async def sample(
@@ -174,6 +177,7 @@ async def sample(
             if r.status == 200:
                 snapshots.append(await r.json())
     late = [s["timings_ms"]["late"] for s in snapshots if s["timings_ms"]["late"]]
+    reasons = Counter(s["end_reason"] or s["state"] for s in snapshots if s["state"] != "active")
     return Sample(
         t_s=round(time.monotonic() - since, 1),
         calls=sum(s["state"] == "active" for s in snapshots),
@@ -185,6 +189,7 @@ async def sample(
         late_p95_ms=max((x["p95"] for x in late), default=0.0),
         late_max_ms=max((x["max"] for x in late), default=0.0),
         lost_ms=sum(s["counters"]["audio_lost_ms"] for s in snapshots),
+        ended=" ".join(f"{k}:{v}" for k, v in sorted(reasons.items())),
     )
 
 
@@ -218,14 +223,14 @@ async def soak(
 
 HEADER = (
     "| t (min) | calls | RSS (MiB) | open fds | threads | asyncio tasks | units "
-    "| unit lateness p95 / max (ms) | audio lost (ms) |"
+    "| unit lateness p95 / max (ms) | audio lost (ms) | ended |"
 )
 
 
 def row(s: Sample) -> str:
     return (
         f"| {s.t_s / 60:6.1f} | {s.calls} | {s.rss_mib:.1f} | {s.fds} | {s.threads} | {s.tasks} "
-        f"| {s.units} | {s.late_p95_ms:.1f} / {s.late_max_ms:.1f} | {s.lost_ms} |"
+        f"| {s.units} | {s.late_p95_ms:.1f} / {s.late_max_ms:.1f} | {s.lost_ms} | {s.ended} |"
     )
 
 
