@@ -46,6 +46,7 @@ from realtime.inbound import RawFrame, VideoSampler, pump_audio, pump_video
 from realtime.outbound import OutboundPacer
 from realtime.peer import EventsChannel, FrameRelay, Peer
 from realtime.playout import PlayoutBuffer
+from realtime.recording import CallRecorder
 from realtime.slicer import UnitSlicer
 from realtime.unit_loop import EngineFailing, StepTiming, UnitLoop
 from realtime.vad import SpeechDetector, SpeechEdge
@@ -101,6 +102,8 @@ class Call:
         self.vad = SpeechDetector(config.vad)
         self._speech_out = OutboundAudio()
         self.inbound = InboundAudio()
+        self.recorder: CallRecorder | None = None
+        """Set (before ``run``) when the call is recorded (realtime.recording)."""
         self._engine: EngineBinding | None = None
         self._source: EngineSource | None = None
         self.queued = False
@@ -206,6 +209,8 @@ class Call:
             await self.peer.close()
         finally:
             engine, self._engine = self._engine, None
+            if self.recorder is not None:  # recording: finish the files
+                await self.recorder.close()
             if self._source is not None:
                 try:
                     await self._source.close(engine)
@@ -273,6 +278,8 @@ class Call:
     def _on_audio(self, converted: Converted, now: float) -> None:
         samples, gap = converted.samples, converted.gap
         self.audio_in_ms += samples.size * 1000 / INPUT_RATE
+        if self.recorder is not None:  # recording: what the service heard
+            self.recorder.heard(samples, gap)
         if self._engine is not None:
             # Units start with the engine session (not while the call waits in the queue).
             self.slicer.append(samples, now, gap, converted.missing, converted.quiet)
@@ -376,6 +383,8 @@ class Call:
 
     async def _next_out_frame(self) -> Any:
         frame = await self.pacer.next_frame()
+        if self.recorder is not None:  # recording: what the service said
+            self.recorder.said(frame.samples)
         return pcm_frame(frame.samples, frame.pts)
 
     # ------------------------------------------------------------ events

@@ -17,6 +17,7 @@ from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
 from signaling.body_timeout import body_timeout_middleware
 from signaling.cors import CorsPolicy, cors_middleware
 from signaling.errors import MAX_BODY_BYTES, error_middleware
+from signaling.recordings import delete_call_recording
 from signaling.sessions import CallManager
 from signaling.settings import Settings
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
     app.router.add_post("/v1/calls", handlers.create_call)
     app.router.add_get("/v1/calls/{call_id}", handlers.get_call)
     app.router.add_delete("/v1/calls/{call_id}", handlers.delete_call)
+    app.router.add_delete("/v1/calls/{call_id}/recording", delete_call_recording)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/", handlers.index)

@@ -26,6 +26,7 @@ from realtime.errors import CallError, EngineBusy, EngineUnavailableError
 from realtime.session import Call, CallMode
 from signaling.errors import ApiError, busy, from_call_error
 from signaling.messages import CallRequest
+from signaling.recordings import Recordings
 from signaling.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class CallManager:
         self._admitting = 0
         self._tasks: asyncio.TaskGroup | None = None
         self.total_calls = 0
+        self.recordings = Recordings(settings.recording)
 
     @property
     def active(self) -> int:
@@ -117,6 +119,7 @@ class CallManager:
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
         mode = CallMode(request.session.mode)
+        self.recordings.check(request.session)  # recording: refused before admission
         if len(self._calls) + self._admitting >= self.max_calls:
             raise busy(f"the server is at its limit of {self.max_calls} calls", _RETRY_AFTER_S)
         source = None
@@ -164,6 +167,7 @@ class CallManager:
             self._admitting -= 1
         self._calls[call_id] = call
         self.total_calls += 1
+        self.recordings.attach(call, request.session)  # recording: when asked, with consent
         self._tasks.create_task(self._run(call, source), name=f"call:{call_id}")
         log.info("call admitted", extra={"call_id": call_id, "mode": mode.value})
         return Admitted(call_id, answer)

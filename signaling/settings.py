@@ -31,6 +31,7 @@ from omni.lite.config import LiteConfig
 from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, PeerConfig
+from realtime.recording import RecordingConfig
 
 ENV_PREFIX = "OMNIRTC_"
 
@@ -140,6 +141,7 @@ class Settings:
     call: CallConfig = field(default_factory=CallConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
 
 def load_settings(
