@@ -94,9 +94,9 @@ async def run_callers(url: str, calls: int, seconds: float) -> None:
 class CallerProcess:
     """The callers' child process, and what it reported."""
 
-    def __init__(self, url: str, calls: int, seconds: float) -> None:
+    def __init__(self, url: str, calls: int, seconds: float, nice: int = 0) -> None:
         self._args = [
-            sys.executable, "-m", "tools.soak", "callers", "--url", url,
+            "nice", "-n", str(nice), sys.executable, "-m", "tools.soak", "callers", "--url", url,
             "--calls", str(calls), "--seconds", str(seconds),
         ]  # fmt: skip
         self.call_ids: list[str] = []
@@ -164,6 +164,8 @@ class Sample:
     lost_ms: int
     ended: str = ""
     """Why calls that are no longer active ended (``reason:count``)."""
+    load: float = 0.0
+    """The machine's 1-minute load average (other work competes for the same cores)."""
 
 
 async def sample(
@@ -190,6 +192,7 @@ async def sample(
         late_max_ms=max((x["max"] for x in late), default=0.0),
         lost_ms=sum(s["counters"]["audio_lost_ms"] for s in snapshots),
         ended=" ".join(f"{k}:{v}" for k, v in sorted(reasons.items())),
+        load=os.getloadavg()[0],
     )
 
 
@@ -198,12 +201,17 @@ async def soak(
     calls: int,
     seconds: float,
     every_s: float,
+    *,
     on_sample: Callable[[Sample], None] = lambda s: None,
+    callers_nice: int = 0,
 ) -> tuple[list[Sample], dict[str, Any] | None]:
     """Run the callers against ``url`` and sample every ``every_s`` until they hang up; the
     last sample is taken a few seconds after the calls ended."""
     samples: list[Sample] = []
-    async with aiohttp.ClientSession() as http, CallerProcess(url, calls, seconds) as callers:
+    async with (
+        aiohttp.ClientSession() as http,
+        CallerProcess(url, calls, seconds, callers_nice) as callers,
+    ):
         began = time.monotonic()
         samples.append(await sample(http, url, [], began))
         on_sample(samples[-1])
@@ -223,14 +231,15 @@ async def soak(
 
 HEADER = (
     "| t (min) | calls | RSS (MiB) | open fds | threads | asyncio tasks | units "
-    "| unit lateness p95 / max (ms) | audio lost (ms) | ended |"
+    "| unit lateness p95 / max (ms) | audio lost (ms) | ended | load |"
 )
 
 
 def row(s: Sample) -> str:
     return (
         f"| {s.t_s / 60:6.1f} | {s.calls} | {s.rss_mib:.1f} | {s.fds} | {s.threads} | {s.tasks} "
-        f"| {s.units} | {s.late_p95_ms:.1f} / {s.late_max_ms:.1f} | {s.lost_ms} | {s.ended} |"
+        f"| {s.units} | {s.late_p95_ms:.1f} / {s.late_max_ms:.1f} | {s.lost_ms} | {s.ended} "
+        f"| {s.load:.1f} |"
     )
 
 
@@ -280,7 +289,12 @@ async def _serve_and_soak(args: argparse.Namespace) -> None:
         print(f"soak: {args.calls} calls x {args.minutes} min, engine {args.engine}", flush=True)
         print(HEADER, flush=True)
         samples, summary = await soak(
-            url, args.calls, args.minutes * 60, args.every, lambda s: print(row(s), flush=True)
+            url,
+            args.calls,
+            args.minutes * 60,
+            args.every,
+            on_sample=lambda s: print(row(s), flush=True),
+            callers_nice=args.callers_nice,
         )
         print("\n" + table(samples))
         print(f"\ncallers: {summary}")
@@ -300,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=60.0, help="seconds between samples")
     parser.add_argument("--engine", default="echo")
     parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument(
+        "--callers-nice",
+        type=int,
+        default=5,
+        help="run the callers' process at this niceness, so the server measured comes first",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.command == "callers":
