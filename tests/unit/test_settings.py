@@ -14,6 +14,7 @@ from omni.lite.config import LiteConfig
 from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
+from realtime.recording import RecordingConfig
 from signaling.settings import (
     EngineSettings,
     LoggingSettings,
@@ -387,6 +388,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "engine.minicpmo",
         "engine.llamacpp",
         "logging",
+        "recording",
     }
     assert (
         len(keys)
@@ -402,6 +404,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 LiteConfig,
                 MiniCPMOConfig,
                 LlamaCppConfig,
+                RecordingConfig,
             )
         )
         + len(dataclasses.fields(EngineSettings))
