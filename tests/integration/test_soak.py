@@ -20,8 +20,13 @@ WARM_S = (50.0, 80.0)
 LATE_S = 130.0
 """From here on, figures are compared with the reference."""
 RSS_GROWTH_MIB = 10.0
-"""A leak of 64 KiB/s in each call (a second of 16 kHz audio kept every second) adds 23 MiB
-between the windows; allocator noise on a steady call is under 2 MiB."""
+"""A leak of 64 KiB/s in each call (a second of 16 kHz audio kept every second) adds about
+20 MiB between the windows (measured: +19.6 MiB); a steady run grows under 1 MiB."""
+
+
+TASKS_NOISE = 3
+"""Short-lived tasks (an RTCP report, a request being answered) come and go between samples;
+a task left behind every unit (3 calls: 3 a second) adds hundreds."""
 
 
 def window(samples: list[Sample], low: float, high: float) -> list[Sample]:
@@ -41,8 +46,8 @@ async def test_three_calls_for_three_minutes_hold_steady(start_server: ServerFac
     assert summary is not None and all(heard > 30 for heard in summary["heard_s"]), summary
     # Memory is flat, and nothing piles up while the calls go on ...
     assert max(s.rss_mib for s in late) - max(s.rss_mib for s in warm) < RSS_GROWTH_MIB, report
-    assert max(s.tasks for s in late) <= max(s.tasks for s in warm), report
-    assert max(s.fds for s in late) <= max(s.fds for s in warm), report
+    assert max(s.tasks for s in late) <= max(s.tasks for s in warm) + TASKS_NOISE, report
+    assert max(s.fds for s in late) <= max(s.fds for s in warm) + 2, report
     # ... the units keep their schedule ...
     assert max(s.late_max_ms for s in late) < 1000, report
     assert late[-1].units >= CALLS * (late[-1].t_s - 10), report
