@@ -16,6 +16,11 @@ Each is tested in tests/unit/test_peer_patches.py, against aiortc's own behaviou
   fmtp asks the client for FEC), and the encoder aiortc then builds for that codec runs libopus
   with FEC on (``FecOpusEncoder``: each packet also carries the previous frame at a lower
   rate, which a receiver that decodes FEC, as browsers do, uses when a packet is lost).
+* ``Opus loss repair``: aiortc's Opus decoder (FFmpeg's) never learns that a packet was lost,
+  so a lost packet is 20 ms of silence and FEC data is never read.  Ours
+  (realtime.opus_decoder) calls libopus itself: the packet before one that arrives is rebuilt
+  from its FEC data, earlier lost ones are concealed.  The immediate jitter buffer tells it
+  how many packets were lost before each one.
 * ``UDP port range``: aioice binds each ICE socket to any free port, so a container cannot
   publish them; with ``webrtc.udp_ports`` set, sockets bound while gathering take a free port
   of that range.  The seam is the one ``asyncio`` name in ``aioice.ice``: its
@@ -45,10 +50,13 @@ import aioice.ice
 import av
 import numpy as np
 from aiortc import codecs as aiortc_codecs
+from aiortc import rtcrtpreceiver as aiortc_receiver
 from aiortc import rtcrtpsender as aiortc_sender
 from aiortc import rtp as aiortc_rtp
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
+
+from realtime.opus_decoder import NotedFrame, RepairingOpusDecoder, libopus
 
 WRITTEN_FOR = {"aiortc": "1.16.", "aioice": "0.13."}
 """The release series each patch was written and tested against."""
@@ -78,6 +86,7 @@ def check_versions() -> None:
 _host_addresses: ContextVar[tuple[str, ...]] = ContextVar("omnirtc_host_addresses", default=())
 _original_get_host_addresses = aioice.ice.get_host_addresses
 _original_get_encoder = aiortc_codecs.get_encoder
+_original_get_decoder = aiortc_codecs.get_decoder
 AIORTC_AUDIO_LEVEL = aiortc_rtp.compute_audio_level_dbov
 """aiortc's own audio level, which ours replaces (the tests compare the two)."""
 
@@ -196,10 +205,18 @@ def _get_encoder(codec: Any) -> Any:
     return _original_get_encoder(codec)
 
 
+def _get_decoder(codec: Any) -> Any:
+    lib = libopus() if codec.mimeType.lower() == "audio/opus" else None
+    if lib is not None:
+        return RepairingOpusDecoder(lib)
+    return _original_get_decoder(codec)
+
+
 def use_inband_fec(pc: Any) -> int:
     """Mark ``pc``'s negotiated Opus codecs ``useinbandfec=1`` (after its remote description
     is set, before it answers or sends): its SDP asks for FEC, its encoder makes FEC.
-    Returns how many codecs were marked."""
+    Returns how many codecs were marked.  (Not before the remote description: until then an
+    offerer's codecs are aiortc's shared defaults.)"""
     marked = 0
     for transceiver in pc.getTransceivers():
         for codec in transceiver._codecs:
@@ -219,6 +236,7 @@ def install_patches() -> None:
     aioice.ice.get_host_addresses = _get_host_addresses
     aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
     aiortc_sender.get_encoder = _get_encoder  # type: ignore[attr-defined]
+    aiortc_receiver.get_decoder = _get_decoder  # type: ignore[attr-defined]
 
 
 DTX_MAX_BYTES = 2
@@ -266,7 +284,7 @@ class ImmediateAudioJitterBuffer:
         self._last = sequence
         self.lost += lost
         data: bytes = packet._data
-        frame = JitterFrame(data=data, timestamp=packet.timestamp)
+        frame = NotedFrame(data, packet.timestamp, lost)
         self._notes.append((frame, PacketNote(lost, len(data) <= DTX_MAX_BYTES)))
         return False, frame
 

@@ -22,7 +22,11 @@ import numpy as np
 import soxr
 from numpy.typing import NDArray
 
-from realtime.patches import ImmediateAudioJitterBuffer, use_immediate_jitter_buffer
+from realtime.patches import (
+    ImmediateAudioJitterBuffer,
+    use_immediate_jitter_buffer,
+    use_inband_fec,
+)
 from tests.conftest import ServerFactory
 from tests.lite.models import Speaker
 from tests.lite.test_lite_engine import transcribe
@@ -84,6 +88,7 @@ async def run_scenario(
     caller = scenario.caller = Caller(url)
     caller.edit_sent_offer = lambda sdp: link.wrap_offer(fec_offer(sdp))
     caller.edit_answer = link.wrap_answer
+    caller.on_answer = use_inband_fec  # the answer asks for FEC: send it, as browsers do
     await caller.call(http)
     audio = next(t for t in caller.pc.getTransceivers() if t.kind == "audio")
     if scenario.immediate:

@@ -128,6 +128,8 @@ class Caller:
         """Changes the offer as sent, after it is applied here (with its candidates)."""
         self.edit_answer: Callable[[str], str] = lambda sdp: sdp
         """Changes the server's answer before this client applies it."""
+        self.on_answer: Callable[[RTCPeerConnection], object] = lambda pc: None
+        """Called once the answer is applied, before any media is sent."""
         self.answer_sdp = ""
         self.connected = asyncio.Event()
         self.channel_open = asyncio.Event()
@@ -175,6 +177,7 @@ class Caller:
         self.answer_sdp = body["sdp"]
         answer = self.edit_answer(body["sdp"])
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        self.on_answer(self.pc)
         async with asyncio.timeout(connect_timeout):
             if events:
                 await self.connected.wait()
