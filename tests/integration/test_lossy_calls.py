@@ -62,11 +62,10 @@ SCENARIOS = [
     Scenario("loss 20%", Impairment(loss=0.20), min_words=4),
     # Packets overtaken by later ones are late for the server's immediate jitter buffer (it
     # hands each packet on as it comes, for latency): ±50 ms of jitter on 20 ms packets (as
-    # netem's, independent per packet) loses about a quarter of what the caller says, and the
-    # echo keeps only 3-5 of the 8 words. A known gap (the server needs a reorder window):
-    # here the call must stay up, answer in time and count the loss, not yet be understood.
-    # The caller keeps aiortc's own reordering jitter buffer, as a browser has an adaptive one.
-    Scenario("jitter 50 ms", Impairment(delay_ms=60, jitter_ms=50), min_words=0, immediate=False),
+    # netem's, independent per packet) makes about a quarter of them late. Most are rebuilt
+    # from the next packet's FEC (without it the echo kept 3-5 of the 8 words). The caller
+    # keeps aiortc's own reordering jitter buffer, as a browser has an adaptive one.
+    Scenario("jitter 50 ms", Impairment(delay_ms=60, jitter_ms=50), min_words=5, immediate=False),
     Scenario("outage 2 s", Impairment(), outage_s=2.0),
 ]
 
@@ -154,7 +153,11 @@ async def test_calls_hold_up_over_loss_jitter_and_an_outage(
             f"path dropped up {s.link.up.dropped} / down {s.link.down.dropped} packets; "
             f"server audio_lost_ms {counters['audio_lost_ms']} "
             f"(repaired {counters['audio_repaired_ms']}); caller lost {lost}; "
-            f"state {s.result['snapshot']['state']}"
+            f"state {s.result['snapshot']['state']}; speech segments "
+            f"{counters['speech_segments']}, speech out {counters['speech_out_ms']} ms "
+            f"(dropped {counters['speech_dropped_ms']}, frames skipped "
+            f"{counters['frames_out_skipped']}), "
+            f"units {counters['units']} (dropped {counters['dropped_units']})"
         )
     report = "\n".join(lines)
     print(report)
@@ -167,7 +170,7 @@ async def test_calls_hold_up_over_loss_jitter_and_an_outage(
         # What the path dropped shows in the counters: the server's lost audio (20 ms a
         # packet), the caller's lost packets. (Other packets than RTP are few: a few %.)
         up_ms, down = s.link.up.dropped * 20, s.link.down.dropped
-        assert s.link.up.passed > 500 and s.link.down.passed > 500, report  # it went this way
+        assert s.link.up.passed > 200 and s.link.down.passed > 200, report  # it went this way
         assert 0.7 * up_ms - 100 <= counters["audio_lost_ms"], report
         if s.impairment.jitter_ms == 0:
             assert counters["audio_lost_ms"] <= 1.1 * up_ms + 100, report
