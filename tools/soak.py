@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # Why a connection ends (consent expired, DTLS closed) is logged by aioice/aiortc at INFO.
+    for name in ("aioice.ice", "aiortc.rtcdtlstransport"):
+        logging.getLogger(name).setLevel(logging.INFO)
     if args.command == "callers":
         asyncio.run(run_callers(args.url, args.calls, args.seconds))
         return 0
