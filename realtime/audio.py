@@ -88,7 +88,9 @@ class InboundAudio:
         self._rate = 0
         self._started = False
         self.gap_samples = 0
-        """16 kHz samples of silence standing in for packets that never came."""
+        """16 kHz samples of packets that never came (silence, or repaired by the decoder)."""
+        self.repaired_samples = 0
+        """Of those, what the decoder rebuilt (from FEC data, or concealed)."""
         self.dtx_samples = 0
         """16 kHz samples of silence the sender left out (DTX): not lost."""
         self.dropped_frames = 0
@@ -134,6 +136,10 @@ class InboundAudio:
             missing = min(gap, lost_packets * frame.samples * INPUT_RATE // rate)
         self.gap_samples += missing
         self.dtx_samples += gap - missing
+        if not gap and lost_packets:  # lost, and the decoder repaired them in the stream
+            repaired = lost_packets * frame.samples * INPUT_RATE // rate
+            self.gap_samples += repaired
+            self.repaired_samples += repaired
         if pts is not None:
             self._next_pts = pts + length
             self._base = base

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -219,6 +219,8 @@ class EventChannel:
         self._opened = asyncio.Event()
         self.sent = 0
         self.dropped = 0
+        self.listener: Callable[[str], None] | None = None
+        """Also given every event's JSON text (the call's recording, when there is one)."""
 
     def attach(self, port: DataPort) -> None:
         self._port = port
@@ -234,6 +236,8 @@ class EventChannel:
 
     def send(self, event: ServerEvent) -> None:
         text = event.to_json()
+        if self.listener is not None:
+            self.listener(text)
         port = self._port
         if port is None or not port.is_open:
             if len(self._backlog) == self._backlog.maxlen:

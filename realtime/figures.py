@@ -30,6 +30,7 @@ def snapshot(call: Call) -> dict[str, Any]:
             "engine_errors": call.loop.errors,
             "late_audio_samples": call.slicer.late_samples,
             "audio_lost_ms": call.inbound.gap_samples * 1000 // INPUT_RATE,
+            "audio_repaired_ms": call.inbound.repaired_samples * 1000 // INPUT_RATE,
             "audio_dtx_ms": call.inbound.dtx_samples * 1000 // INPUT_RATE,
             "audio_missing_ms": call.slicer.missing_samples * 1000 // INPUT_RATE,
             "speech_segments": call.speech_segments,

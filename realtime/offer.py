@@ -41,6 +41,7 @@ _MEDIA_LINE = re.compile(r"^m=(\S+) (\d+)(?:/\d+)? (\S+)(?: (.*))?$")
 _RTPMAP = re.compile(r"^a=rtpmap:\d+ ([^/\s]+)/")
 _CANDIDATE_PRIORITY = re.compile(r"^a=candidate:\S+ \d+ \S+ (\d+) ")
 _BUNDLE = "a=group:BUNDLE"
+_OPUS_RTPMAP = re.compile(r"^a=rtpmap:(\d+) opus/", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,8 @@ class Offer:
     """The mids the offer bundles that we accept (None: the offer bundles nothing)."""
     dropped_candidates: int
     has_video: bool
+    opus_fec: bool = False
+    """The audio section's Opus asks for in-band FEC (``useinbandfec=1``, RFC 7587)."""
 
 
 @dataclass(slots=True)
@@ -130,6 +133,18 @@ def _cap_candidates(section: _Section) -> int:
     dropped = {i for _, i in sorted(found, reverse=True)[MAX_CANDIDATES:]}
     section.lines = [line for i, line in enumerate(section.lines) if i not in dropped]
     return excess
+
+
+def _opus_fec(section: _Section) -> bool:
+    """Whether the section's Opus format says ``useinbandfec=1`` in its fmtp."""
+    types = {m.group(1) for line in section.lines if (m := _OPUS_RTPMAP.match(line))}
+    for line in section.lines:
+        head, _, params = line.partition(" ")
+        if head.startswith("a=fmtp:") and head[7:] in types:
+            fields = dict(p.strip().partition("=")[::2] for p in params.split(";"))
+            if fields.get("useinbandfec", "").strip() == "1":
+                return True
+    return False
 
 
 def _decodable(section: _Section) -> bool:
@@ -209,6 +224,7 @@ def read_offer(sdp: str) -> Offer:
         bundle=bundle,
         dropped_candidates=dropped,
         has_video="video" in taken,
+        opus_fec=any(s.kind == "audio" and _opus_fec(s) for s in kept),
     )
 
 

@@ -11,6 +11,16 @@ Each is tested in tests/unit/test_peer_patches.py, against aiortc's own behaviou
   packets and DTX frames for the inbound path.
 * ``vectorised audio level``: aiortc computes the level of every outgoing audio frame in a
   pure-Python loop (about half of a call's CPU); ours computes the same value with numpy.
+* ``Opus in-band FEC``: aiortc never asks for in-band FEC and its Opus encoder never makes it.
+  ``use_inband_fec`` marks a peer's negotiated Opus codec ``useinbandfec=1`` (so the answer's
+  fmtp asks the client for FEC), and the encoder aiortc then builds for that codec runs libopus
+  with FEC on (``FecOpusEncoder``: each packet also carries the previous frame at a lower
+  rate, which a receiver that decodes FEC, as browsers do, uses when a packet is lost).
+* ``Opus loss repair``: aiortc's Opus decoder (FFmpeg's) never learns that a packet was lost,
+  so a lost packet is 20 ms of silence and FEC data is never read.  Ours
+  (realtime.opus_decoder) calls libopus itself: the packet before one that arrives is rebuilt
+  from its FEC data, earlier lost ones are concealed.  The immediate jitter buffer tells it
+  how many packets were lost before each one.
 * ``UDP port range``: aioice binds each ICE socket to any free port, so a container cannot
   publish them; with ``webrtc.udp_ports`` set, sockets bound while gathering take a free port
   of that range.  The seam is the one ``asyncio`` name in ``aioice.ice``: its
@@ -39,8 +49,14 @@ from typing import Any
 import aioice.ice
 import av
 import numpy as np
+from aiortc import codecs as aiortc_codecs
+from aiortc import rtcrtpreceiver as aiortc_receiver
+from aiortc import rtcrtpsender as aiortc_sender
 from aiortc import rtp as aiortc_rtp
+from aiortc.codecs.opus import OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
+
+from realtime.opus_decoder import NotedFrame, RepairingOpusDecoder, libopus
 
 WRITTEN_FOR = {"aiortc": "1.16.", "aioice": "0.13."}
 """The release series each patch was written and tested against."""
@@ -69,6 +85,8 @@ def check_versions() -> None:
 
 _host_addresses: ContextVar[tuple[str, ...]] = ContextVar("omnirtc_host_addresses", default=())
 _original_get_host_addresses = aioice.ice.get_host_addresses
+_original_get_encoder = aiortc_codecs.get_encoder
+_original_get_decoder = aiortc_codecs.get_decoder
 AIORTC_AUDIO_LEVEL = aiortc_rtp.compute_audio_level_dbov
 """aiortc's own audio level, which ours replaces (the tests compare the two)."""
 
@@ -158,6 +176,56 @@ def audio_level_dbov(frame: av.AudioFrame) -> int:
     return round(min(0.0, max(-127.0, 20 * math.log10(rms))))
 
 
+OPUS_FEC_LOSS_PERCENT = 10
+"""The packet loss our Opus encoder plans its FEC for (libopus spends more bits on FEC, and
+keeps to its SILK-based modes that carry it, the higher this is)."""
+
+
+class FecOpusEncoder(OpusEncoder):
+    """aiortc's Opus encoder with libopus in-band FEC (LBRR) on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codec.options = {
+            **self.codec.options,
+            "fec": "1",
+            "packet_loss": str(OPUS_FEC_LOSS_PERCENT),
+        }
+
+
+def _wants_fec(codec: Any) -> bool:
+    return bool(
+        codec.mimeType.lower() == "audio/opus" and codec.parameters.get("useinbandfec") == 1
+    )
+
+
+def _get_encoder(codec: Any) -> Any:
+    if _wants_fec(codec):
+        return FecOpusEncoder()
+    return _original_get_encoder(codec)
+
+
+def _get_decoder(codec: Any) -> Any:
+    lib = libopus() if codec.mimeType.lower() == "audio/opus" else None
+    if lib is not None:
+        return RepairingOpusDecoder(lib)
+    return _original_get_decoder(codec)
+
+
+def use_inband_fec(pc: Any) -> int:
+    """Mark ``pc``'s negotiated Opus codecs ``useinbandfec=1`` (after its remote description
+    is set, before it answers or sends): its SDP asks for FEC, its encoder makes FEC.
+    Returns how many codecs were marked.  (Not before the remote description: until then an
+    offerer's codecs are aiortc's shared defaults.)"""
+    marked = 0
+    for transceiver in pc.getTransceivers():
+        for codec in transceiver._codecs:
+            if codec.mimeType.lower() == "audio/opus":
+                codec.parameters["useinbandfec"] = 1
+                marked += 1
+    return marked
+
+
 def install_patches() -> None:
     """Apply the host-candidate and audio-level patches (idempotent); raises
     PatchedVersionError on versions they were not written for."""
@@ -167,6 +235,8 @@ def install_patches() -> None:
     aioice.ice.asyncio = _AioiceAsyncio("asyncio")  # type: ignore[attr-defined]
     aioice.ice.get_host_addresses = _get_host_addresses
     aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
+    aiortc_sender.get_encoder = _get_encoder  # type: ignore[attr-defined]
+    aiortc_receiver.get_decoder = _get_decoder  # type: ignore[attr-defined]
 
 
 DTX_MAX_BYTES = 2
@@ -214,7 +284,7 @@ class ImmediateAudioJitterBuffer:
         self._last = sequence
         self.lost += lost
         data: bytes = packet._data
-        frame = JitterFrame(data=data, timestamp=packet.timestamp)
+        frame = NotedFrame(data, packet.timestamp, lost)
         self._notes.append((frame, PacketNote(lost, len(data) <= DTX_MAX_BYTES)))
         return False, frame
 

@@ -33,6 +33,7 @@ from realtime.patches import (
     install_patches,
     offering_host_addresses,
     use_immediate_jitter_buffer,
+    use_inband_fec,
 )
 from realtime.trickle import InvalidFragment, Trickle
 
@@ -145,6 +146,8 @@ class Peer:
         """Ours, from the answer."""
         self.trickled = 0
         """Remote candidates the client added after its offer (trickle ICE)."""
+        self.inband_fec = False
+        """The client offered Opus in-band FEC: we ask for it and send it (realtime.patches)."""
         self._media_transport: Any = None
         self._pc.on("track", self._on_track)
         self._pc.on("datachannel", self._on_datachannel)
@@ -169,6 +172,8 @@ class Peer:
         if len(audio) != 1:
             raise UnsupportedMedia("the offer has no usable audio section")
         self.jitter_buffers.append(use_immediate_jitter_buffer(audio[0].receiver))
+        if offer.opus_fec:
+            self.inband_fec = use_inband_fec(self._pc) > 0
         self._watch_media_transport(audio[0].receiver.transport)
         self._pc.addTrack(SourceTrack(outbound))
         try:

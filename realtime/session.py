@@ -47,6 +47,7 @@ from realtime.inbound import VideoSampler, pump_audio, pump_video
 from realtime.outbound import OutboundPacer
 from realtime.peer import EventsChannel, FrameRelay, Peer
 from realtime.playout import PlayoutBuffer
+from realtime.recording import CallRecorder
 from realtime.responder import Responder
 from realtime.slicer import UnitSlicer
 from realtime.unit_loop import UnitLoop
@@ -103,6 +104,8 @@ class Call:
         self.vad = SpeechDetector(config.vad)
         self.inbound = InboundAudio()
         self.responder = Responder(self.events, self.playout, config.barge_in_ms)
+        self.recorder: CallRecorder | None = None
+        """Set (before ``run``) when the call is recorded (realtime.recording)."""
         self._source: EngineSource | None = None
         self.queued = False
         """Whether the call had to wait for a free replica."""
@@ -145,7 +148,7 @@ class Call:
 
     async def negotiate(self, offer_sdp: str) -> str:
         loopback = self.mode is CallMode.LOOPBACK
-        source = self.relay.next_frame if loopback else self.pacer.next_wire_frame
+        source = self.relay.next_frame if loopback else self._next_out_frame
         return await self.peer.answer(offer_sdp, source)
 
     def stop(self, reason: str) -> None:
@@ -200,6 +203,8 @@ class Call:
         try:
             await self.peer.close()
         finally:
+            if self.recorder is not None:  # recording: finish the files
+                await self.recorder.close()
             if self._source is not None:
                 try:
                     await self._source.close(
@@ -268,6 +273,8 @@ class Call:
     def _on_audio(self, converted: Converted, now: float) -> None:
         samples, gap = converted.samples, converted.gap
         self.audio_in_ms += samples.size * 1000 / INPUT_RATE
+        if self.recorder is not None:  # recording: what the service heard
+            self.recorder.heard(samples, gap)
         if self.loop.binding is not None:
             # Units start with the engine session (not while the call waits in the queue).
             self.slicer.append(samples, now, gap, converted.missing, converted.quiet)
@@ -282,6 +289,12 @@ class Call:
                 self.events.send(SpeechStopped(at_ms=event.at_ms))
         if self.vad.speaking:
             self.responder.voice(self.vad.voiced_ms)
+
+    async def _next_out_frame(self) -> Any:
+        frame = await self.pacer.next_wire_frame()
+        if self.recorder is not None:  # recording: what the service said
+            self.recorder.said(frame.to_ndarray().reshape(-1).astype(np.int16, copy=False))
+        return frame
 
     # ------------------------------------------------------------ events
 

@@ -20,6 +20,7 @@ from signaling.cluster.worker import ClusterWorker
 from signaling.cors import CorsPolicy, cors_middleware
 from signaling.errors import MAX_BODY_BYTES, error_middleware
 from signaling.metrics import METRICS, Metrics, default_worker_name, metrics_handler
+from signaling.recordings import delete_call_recording
 from signaling.sessions import CallManager
 from signaling.settings import Settings
 
@@ -75,6 +76,7 @@ def create_app(
     app.router.add_post("/v1/whip", whip.create)
     app.router.add_patch("/v1/whip/{call_id}", whip.patch)
     app.router.add_delete("/v1/whip/{call_id}", whip.delete)
+    app.router.add_delete("/v1/calls/{call_id}/recording", delete_call_recording)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics_handler)

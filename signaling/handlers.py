@@ -96,7 +96,11 @@ async def get_call(request: web.Request) -> web.Response:
 
 
 async def delete_call(request: web.Request) -> web.Response:
-    await request.app[CALLS].end(request.match_info["call_id"], principal_of(request))
+    """Hang up; with ``?recording=delete`` the call's recording goes with it."""
+    calls = request.app[CALLS]
+    await calls.end(request.match_info["call_id"], principal_of(request))
+    if request.query.get("recording") == "delete":
+        await calls.recordings.delete(request.match_info["call_id"])
     return web.Response(status=204)
 
 

@@ -10,6 +10,17 @@ MAX_SDP_CHARS = 64 * 1024
 MAX_VOICE_BASE64 = 4 * 1024 * 1024
 
 
+class RecordOptions(BaseModel):
+    """Asks for the call to be recorded (the server must allow it: ``recording.enabled``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    consent: bool
+    """Everyone on the call agreed to the recording; it must be true."""
+    note: str | None = Field(default=None, max_length=500)
+    """How the consent was given (kept with the recording as it is)."""
+
+
 class SessionOptions(BaseModel):
     """Per-call options a client may send with its offer."""
 
@@ -22,6 +33,8 @@ class SessionOptions(BaseModel):
     voice: str | None = Field(default=None, max_length=MAX_VOICE_BASE64)
     """A reference clip of the voice to speak in (base64 of any common audio file, 1-30 s),
     for engines that clone voices."""
+    record: RecordOptions | None = None
+    """Record this call (both directions' audio and its events), with consent."""
 
 
 class CallRequest(BaseModel):

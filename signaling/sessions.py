@@ -29,6 +29,7 @@ from signaling.errors import RETRY_AFTER_S, ApiError, busy, to_api_error
 from signaling.hooks import CallHooks
 from signaling.logctx import bind_call_id
 from signaling.messages import CallRequest
+from signaling.recordings import Recordings
 from signaling.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class CallManager:
         self._admitting = 0
         self._tasks: asyncio.TaskGroup | None = None
         self.total_calls = 0
+        self.recordings = Recordings(settings.recording)
 
     @property
     def active(self) -> int:
@@ -105,6 +107,7 @@ class CallManager:
                 f"key {principal.key!r} is at its limit of {principal.max_calls} calls",
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
+        self.recordings.check(request.session)  # recording: refused before admission
         if len(self._calls) + self._admitting >= self.max_calls:
             raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
         source: EngineSource | None = None
@@ -161,6 +164,7 @@ class CallManager:
         self.total_calls += 1
         for hook in self._hooks:  # issue 10
             hook.admitted(call, queued)
+        self.recordings.attach(call, request.session)  # recording: when asked, with consent
         self._tasks.create_task(self._run(call, source), name=f"call:{call_id}")
         log.info(
             "call admitted",

@@ -28,6 +28,7 @@ from omni.api import require
 from omni.engines import EngineSettings
 from realtime.config import CallConfig, PeerConfig
 from signaling.cluster.config import ClusterSettings
+from realtime.recording import RecordingConfig
 
 ENV_PREFIX = "OMNIRTC_"
 
@@ -166,6 +167,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)  # issue 10
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
 
 
 def load_settings(

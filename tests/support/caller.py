@@ -124,8 +124,12 @@ class Caller:
         self.call_id: str | None = None
         self.edit_offer: Callable[[str], str] = lambda sdp: sdp
         """Changes this client's offer before it is applied and sent (SDP munging)."""
+        self.edit_sent_offer: Callable[[str], str] = lambda sdp: sdp
+        """Changes the offer as sent, after it is applied here (with its candidates)."""
         self.edit_answer: Callable[[str], str] = lambda sdp: sdp
         """Changes the server's answer before this client applies it."""
+        self.on_answer: Callable[[RTCPeerConnection], object] = lambda pc: None
+        """Called once the answer is applied, before any media is sent."""
         self.answer_sdp = ""
         self.connected = asyncio.Event()
         self.channel_open = asyncio.Event()
@@ -154,7 +158,7 @@ class Caller:
         offer = await self.pc.createOffer()
         offer.sdp = self.edit_offer(offer.sdp)
         await self.pc.setLocalDescription(offer)
-        return str(self.pc.localDescription.sdp)
+        return self.edit_sent_offer(str(self.pc.localDescription.sdp))
 
     async def call(
         self,
@@ -178,6 +182,7 @@ class Caller:
         self.answer_sdp = body["sdp"]
         answer = self.edit_answer(body["sdp"])
         await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        self.on_answer(self.pc)
         async with asyncio.timeout(connect_timeout):
             if events:
                 await self.connected.wait()

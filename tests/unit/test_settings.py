@@ -15,6 +15,7 @@ from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
 from signaling.cluster.config import ClusterSettings
+from realtime.recording import RecordingConfig
 from signaling.settings import (
     AuthSettings,
     EngineSettings,
@@ -391,6 +392,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "auth",
         "logging",
         "cluster",
+        "recording",
     }
     assert (
         len(keys)
@@ -408,6 +410,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 MiniCPMOConfig,
                 LlamaCppConfig,
                 ClusterSettings,
+                RecordingConfig,
             )
         )
         + len(dataclasses.fields(EngineSettings))
