@@ -27,8 +27,8 @@ from pydantic import TypeAdapter, ValidationError
 from omni.api import require
 from omni.engines import EngineSettings
 from realtime.config import CallConfig, PeerConfig
-from signaling.cluster.config import ClusterSettings
 from realtime.recording import RecordingConfig
+from signaling.cluster.config import ClusterSettings
 
 ENV_PREFIX = "OMNIRTC_"
 

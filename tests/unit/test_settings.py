@@ -14,8 +14,8 @@ from omni.lite.config import LiteConfig
 from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
-from signaling.cluster.config import ClusterSettings
 from realtime.recording import RecordingConfig
+from signaling.cluster.config import ClusterSettings
 from signaling.settings import (
     AuthSettings,
     EngineSettings,
