@@ -12,7 +12,7 @@ from aiohttp import web
 from omni.pool import ReplicaPool
 from realtime.clock import LoopClock
 from realtime.patches import install_patches
-from signaling import handlers, whip
+from signaling import handlers, realtime_ws, whip
 from signaling.app_keys import CALLS, POOL, SETTINGS, WEB_DIR
 from signaling.body_timeout import body_timeout_middleware
 from signaling.cors import CorsPolicy, cors_middleware
@@ -53,6 +53,7 @@ def create_app(settings: Settings, pool: ReplicaPool) -> web.Application:
     app.router.add_post("/v1/whip", whip.create)
     app.router.add_patch("/v1/whip/{call_id}", whip.patch)
     app.router.add_delete("/v1/whip/{call_id}", whip.delete)
+    app.router.add_get("/v1/realtime", realtime_ws.realtime)  # MiniCPM-o Realtime V1 WebSocket
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/", handlers.index)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +54,14 @@ class CallManager:
         self._calls: dict[str, Call] = {}
         self._ended: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._admitting = 0
+        self._sessions: dict[str, Callable[[str], None]] = {}
+        """WebSocket sessions (signaling/realtime_ws.py): their stop functions."""
         self._tasks: asyncio.TaskGroup | None = None
         self.total_calls = 0
 
     @property
     def active(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + len(self._sessions)
 
     @property
     def max_calls(self) -> int:
@@ -77,7 +80,7 @@ class CallManager:
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
         mode = CallMode(request.session.mode)
-        if len(self._calls) + self._admitting >= self.max_calls:
+        if self.active + self._admitting >= self.max_calls:
             raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
         source: EngineSource | None = None
         if mode is CallMode.ENGINE:
@@ -172,3 +175,21 @@ class CallManager:
     def stop_all(self, reason: str) -> None:
         for call in list(self._calls.values()):
             call.stop(reason)
+        for stop in list(self._sessions.values()):
+            stop(reason)
+
+    # ------------------------------------------------ WebSocket sessions (/v1/realtime)
+
+    def admit_session(self, session_id: str, stop: Callable[[str], None]) -> None:
+        """Count a /v1/realtime session against ``server.max_calls`` like a call until
+        ``release_session``; ``stop(reason)`` ends it at shutdown.  Raises ApiError
+        (``not_ready``, ``busy``) on refusal."""
+        if self._tasks is None:
+            raise ApiError(503, "not_ready", "the server is starting")
+        if self.active + self._admitting >= self.max_calls:
+            raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
+        self._sessions[session_id] = stop
+        self.total_calls += 1
+
+    def release_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)

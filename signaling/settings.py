@@ -27,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from omni.api import require
 from omni.engines import EngineSettings
 from realtime.config import CallConfig, PeerConfig
+from realtime.ws_call import WsConfig
 
 ENV_PREFIX = "OMNIRTC_"
 
@@ -130,6 +131,7 @@ class Settings:
     webrtc: PeerConfig = field(default_factory=PeerConfig)
     call: CallConfig = field(default_factory=CallConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    realtime_ws: WsConfig = field(default_factory=WsConfig)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
 
