@@ -104,7 +104,7 @@ async def test_echo_over_the_official_client(start_server: ServerFactory) -> Non
     back = np.concatenate([np.frombuffer(d.audio, dtype="<f4") for d in deltas])
     # The echo says the 2 s utterance back at 24 kHz (with a little of the silence around it).
     assert 1.8 * 24_000 <= back.size <= 3.5 * 24_000
-    assert rms(back) > 0.05
+    assert rms(back) > 0.3 * rms(speech), (rms(back), rms(speech))
     assert any(t.text.startswith("[echo ") for t in events.of(TextDelta))
     first_audio = events.first(AudioDelta)
     assert first_audio is not None
@@ -328,7 +328,7 @@ async def test_a_webrtc_call_and_a_websocket_session_at_once(
         await events.wait(AudioDelta, 3)
         await caller.wait_for("response.output_text.delta", 5)
         back = np.concatenate([np.frombuffer(d.audio, dtype="<f4") for d in events.of(AudioDelta)])
-        assert rms(back) > 0.05
+        assert rms(back) > 0.02
     finally:
         await caller.close()
         await session.close()
