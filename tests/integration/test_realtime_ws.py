@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 from openbmb_realtime import (
     AudioDelta,
@@ -158,20 +159,22 @@ async def raw_session(
     server: RunningServer, mode: str = "audio", init: dict[str, Any] | None = None
 ) -> AsyncIterator[tuple[aiohttp.ClientWebSocketResponse, list[dict[str, Any]]]]:
     """A WebSocket that has been through queue_done, session.init and session.created."""
-    async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
             f"{server.url}/v1/realtime?mode={mode}&model=m",
             headers={"Authorization": "Bearer sk-test"},
             protocols=("map.realtime",),
-        ) as ws:
-            assert ws.protocol == "map.realtime"
-            seen: list[dict[str, Any]] = []
-            while not any(e["type"] == "session.queue_done" for e in seen):
-                seen.append(await ws.receive_json(timeout=5))
-            await ws.send_json({"type": "session.init", "payload": init or {}})
-            while not any(e["type"] == "session.created" for e in seen):
-                seen.append(await ws.receive_json(timeout=5))
-            yield ws, seen
+        ) as ws,
+    ):
+        assert ws.protocol == "map.realtime"
+        seen: list[dict[str, Any]] = []
+        while not any(e["type"] == "session.queue_done" for e in seen):
+            seen.append(await ws.receive_json(timeout=5))
+        await ws.send_json({"type": "session.init", "payload": init or {}})
+        while not any(e["type"] == "session.created" for e in seen):
+            seen.append(await ws.receive_json(timeout=5))
+        yield ws, seen
 
 
 async def receive_until(
@@ -302,11 +305,9 @@ async def test_sessions_and_calls_share_max_calls(
     caller = Caller(server.url)
     try:
         await caller.call(http)
-        try:
+        with pytest.raises(RealtimeError) as refused:
             await client(server).audio.connect(model="m")
-            raise AssertionError("a session was admitted past max_calls")
-        except RealtimeError as exc:
-            assert exc.code == "busy"
+        assert refused.value.code == "busy"
     finally:
         await caller.close()
 
@@ -377,14 +378,14 @@ async def test_refusals_are_error_events(start_server: ServerFactory) -> None:
     engine = ScriptedEngine(replicas=1)
     server = await start_server(pool=ReplicaPool(engine, max_queue=0))
     first = await client(server).audio.connect(model="m")
-    try:
+    with pytest.raises(RealtimeError) as refused:
         await client(server).audio.connect(model="m")
-        raise AssertionError("admitted past a full pool")
-    except RealtimeError as exc:
-        assert exc.code == "busy"
+    assert refused.value.code == "busy"
     await first.close()
-    async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{server.url}/v1/realtime?mode=radio") as ws:
-            reply = await ws.receive_json(timeout=5)
-            assert reply["error"]["code"] == "invalid_mode"
-            assert json.loads((await ws.receive()).data)["type"] == "session.closed"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.url}/v1/realtime?mode=radio") as ws,
+    ):
+        reply = await ws.receive_json(timeout=5)
+        assert reply["error"]["code"] == "invalid_mode"
+        assert json.loads((await ws.receive()).data)["type"] == "session.closed"
