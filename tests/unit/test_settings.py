@@ -14,6 +14,7 @@ from omni.lite.config import LiteConfig
 from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
+from realtime.ws_call import WsConfig
 from signaling.settings import (
     EngineSettings,
     LoggingSettings,
@@ -386,6 +387,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "engine.lite",
         "engine.minicpmo",
         "engine.llamacpp",
+        "realtime_ws",
         "logging",
     }
     assert (
@@ -402,6 +404,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 LiteConfig,
                 MiniCPMOConfig,
                 LlamaCppConfig,
+                WsConfig,
             )
         )
         + len(dataclasses.fields(EngineSettings))
