@@ -389,3 +389,21 @@ async def test_refusals_are_error_events(start_server: ServerFactory) -> None:
         reply = await ws.receive_json(timeout=5)
         assert reply["error"]["code"] == "invalid_mode"
         assert json.loads((await ws.receive()).data)["type"] == "session.closed"
+
+
+async def test_a_message_over_the_limit_closes_only_its_session(
+    start_server: ServerFactory,
+) -> None:
+    engine = ScriptedEngine(replicas=2)
+    server = await start_server(pool=ReplicaPool(engine), realtime_ws__max_message_bytes=128 * 1024)
+    other = await client(server).audio.connect(model="m")
+    async with raw_session(server) as (ws, _):
+        await ws.send_str("x" * (200 * 1024))
+        message = await ws.receive(timeout=5)
+        while message.type is aiohttp.WSMsgType.TEXT:
+            message = await ws.receive(timeout=5)
+        assert ws.close_code == 1009
+    await _until(lambda: server.pool.free == 1, 5)
+    await other.send_audio(pcm(np.zeros(RATE, dtype=np.float32)))
+    await _until(lambda: len(engine.sessions) == 2 and engine.sessions[0].units, 5)
+    await other.close()
