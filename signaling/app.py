@@ -12,7 +12,7 @@ from aiohttp import web
 from omni.pool import ReplicaPool
 from realtime.clock import LoopClock
 from realtime.patches import install_patches
-from signaling import handlers, whip
+from signaling import handlers, realtime_ws, whip
 from signaling.app_keys import AUTH, CALLS, POOL, SETTINGS, WEB_DIR
 from signaling.auth import Authenticator, auth_middleware
 from signaling.body_timeout import body_timeout_middleware
@@ -77,6 +77,7 @@ def create_app(
     app.router.add_patch("/v1/whip/{call_id}", whip.patch)
     app.router.add_delete("/v1/whip/{call_id}", whip.delete)
     app.router.add_delete("/v1/calls/{call_id}/recording", delete_call_recording)
+    app.router.add_get("/v1/realtime", realtime_ws.realtime)  # MiniCPM-o Realtime V1 WebSocket
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,13 +70,15 @@ class CallManager:
         self._owners: dict[str, Owner] = {}
         self._ended: OrderedDict[str, tuple[Owner, dict[str, Any]]] = OrderedDict()
         self._admitting = 0
+        self._sessions: dict[str, Callable[[str], None]] = {}
+        """WebSocket sessions (signaling/realtime_ws.py): their stop functions."""
         self._tasks: asyncio.TaskGroup | None = None
         self.total_calls = 0
         self.recordings = Recordings(settings.recording)
 
     @property
     def active(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + len(self._sessions)
 
     @property
     def max_calls(self) -> int:
@@ -108,7 +111,7 @@ class CallManager:
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
         self.recordings.check(request.session)  # recording: refused before admission
-        if len(self._calls) + self._admitting >= self.max_calls:
+        if self.active + self._admitting >= self.max_calls:
             raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
         source: EngineSource | None = None
         queued = False
@@ -240,3 +243,21 @@ class CallManager:
     def stop_all(self, reason: str) -> None:
         for call in list(self._calls.values()):
             call.stop(reason)
+        for stop in list(self._sessions.values()):
+            stop(reason)
+
+    # ------------------------------------------------ WebSocket sessions (/v1/realtime)
+
+    def admit_session(self, session_id: str, stop: Callable[[str], None]) -> None:
+        """Count a /v1/realtime session against ``server.max_calls`` like a call until
+        ``release_session``; ``stop(reason)`` ends it at shutdown.  Raises ApiError
+        (``not_ready``, ``busy``) on refusal."""
+        if self._tasks is None:
+            raise ApiError(503, "not_ready", "the server is starting")
+        if self.active + self._admitting >= self.max_calls:
+            raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
+        self._sessions[session_id] = stop
+        self.total_calls += 1
+
+    def release_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)

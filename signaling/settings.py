@@ -28,6 +28,7 @@ from omni.api import require
 from omni.engines import EngineSettings
 from realtime.config import CallConfig, PeerConfig
 from realtime.recording import RecordingConfig
+from realtime.ws_call import WsConfig
 from signaling.cluster.config import ClusterSettings
 
 ENV_PREFIX = "OMNIRTC_"
@@ -165,6 +166,7 @@ class Settings:
     call: CallConfig = field(default_factory=CallConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    realtime_ws: WsConfig = field(default_factory=WsConfig)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)  # issue 10
     recording: RecordingConfig = field(default_factory=RecordingConfig)

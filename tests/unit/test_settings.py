@@ -15,6 +15,7 @@ from omni.llamacpp.config import LlamaCppConfig
 from omni.minicpmo.config import MiniCPMOConfig
 from realtime.config import CallConfig, IceServer, PeerConfig, VadConfig
 from realtime.recording import RecordingConfig
+from realtime.ws_call import WsConfig
 from signaling.cluster.config import ClusterSettings
 from signaling.settings import (
     AuthSettings,
@@ -390,6 +391,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
         "engine.minicpmo",
         "engine.llamacpp",
         "auth",
+        "realtime_ws",
         "logging",
         "cluster",
         "recording",
@@ -411,6 +413,7 @@ def test_the_section_helpers_cover_every_settings_class() -> None:
                 LlamaCppConfig,
                 ClusterSettings,
                 RecordingConfig,
+                WsConfig,
             )
         )
         + len(dataclasses.fields(EngineSettings))
