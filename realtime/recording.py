@@ -39,7 +39,7 @@ from omni.api import INPUT_RATE, require
 
 log = logging.getLogger(__name__)
 
-CALL_ID = re.compile(r"^call_[0-9a-f]{16}$")
+CALL_ID = re.compile(r"^call_[0-9a-f]{32}$")
 """The only folder names a recording may have (the server's call ids)."""
 _QUEUE_ITEMS = 1000
 """About 10 s of both directions' 20 ms chunks."""

@@ -51,7 +51,7 @@ async def test_preflight_from_an_allowed_origin(
         allowed_headers = {
             h.strip().lower() for h in cors["access-control-allow-headers"].split(",")
         }
-        assert allowed_headers == {"content-type", "authorization"}
+        assert allowed_headers == {"content-type", "authorization", "if-match"}
         assert "access-control-allow-credentials" not in cors
         assert int(cors["access-control-max-age"]) > 0
         assert "origin" in _vary(r)
