@@ -154,7 +154,9 @@ async def test_deleting_a_call_with_its_recording_and_no_path_escapes(
     start_server: ServerFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     root = tmp_path / "recordings"
-    outside = tmp_path / "call_000000000000000000000000000000bb"  # a sibling of the folder, with a call-like name
+    outside = (
+        tmp_path / "call_000000000000000000000000000000bb"
+    )  # a sibling of the folder, with a call-like name
     outside.mkdir()
     server = await recorded_server(start_server, root)
     caller = Caller(server.url, session={"record": CONSENT})
@@ -170,26 +172,49 @@ async def test_deleting_a_call_with_its_recording_and_no_path_escapes(
     finally:
         await caller.close()
     assert not (root / caller.call_id).exists()
-    for name in ["..%2Fcall_000000000000000000000000000000bb", "%2E%2E", "call_000000000000000000000000000000bb%2F..", "x"]:
+    for name in [
+        "..%2Fcall_000000000000000000000000000000bb",
+        "%2E%2E",
+        "call_000000000000000000000000000000bb%2F..",
+        "x",
+    ]:
         async with http.delete(f"{server.url}/v1/calls/{name}/recording") as r:
             assert r.status == 404, name
     assert outside.is_dir() and root.is_dir()
 
 
 @pytest.mark.parametrize(
-    "name", ["../call_000000000000000000000000000000aa", "call_000000000000000000000000000000aa/..", "..", "", "CALL_0", "a/b"]
+    "name",
+    [
+        "../call_000000000000000000000000000000aa",
+        "call_000000000000000000000000000000aa/..",
+        "..",
+        "",
+        "CALL_0",
+        "a/b",
+    ],
 )
 def test_a_recording_path_is_a_call_id_under_the_folder(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="not a call id"):
         recording_path(tmp_path, name)
-    assert recording_path(tmp_path, "call_00000000000000000123456789abcdef") == tmp_path / "call_00000000000000000123456789abcdef"
+    assert (
+        recording_path(tmp_path, "call_00000000000000000123456789abcdef")
+        == tmp_path / "call_00000000000000000123456789abcdef"
+    )
 
 
 def test_sweep_deletes_only_old_recordings(tmp_path: Path) -> None:
     now = time.time()
-    for name, age in [("call_0000000000000000000000000000000a", 100), ("call_0000000000000000000000000000000b", 10), ("x", 100)]:
+    for name, age in [
+        ("call_0000000000000000000000000000000a", 100),
+        ("call_0000000000000000000000000000000b", 10),
+        ("x", 100),
+    ]:
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (now - age, now - age))
     assert sweep(tmp_path, 50, now) == ["call_0000000000000000000000000000000a"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["call_0000000000000000000000000000000b", "x"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "call_0000000000000000000000000000000b",
+        "x",
+    ]
     assert sweep(tmp_path, 0, now) == []
