@@ -8,34 +8,17 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import numpy as np
 
 from omni.pool import ReplicaPool
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller, call_snapshot
+from tests.support.caller import Caller, call_snapshot, readyz, wait_ended
 from tests.support.engines import ScriptedEngine
 from tests.support.media import rms, silence, speechlike, tone
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def _wait_ended(
-    http: aiohttp.ClientSession, url: str, call_id: str, timeout: float
-) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            snap = await call_snapshot(http, url, call_id)
-            if snap["state"] == "ended":
-                return snap
-            await asyncio.sleep(0.1)
-
-
-async def _ready(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with http.get(f"{url}/readyz") as r:
-        return dict(await r.json())
 
 
 async def test_delete_ends_the_call_and_frees_its_replica(
@@ -45,7 +28,7 @@ async def test_delete_ends_the_call_and_frees_its_replica(
     caller = Caller(server.url)
     try:
         await caller.call(http)
-        assert (await _ready(http, server.url))["replicas_free"] == 1
+        assert (await readyz(http, server.url))["replicas_free"] == 1
         started = time.monotonic()
         async with http.delete(f"{server.url}/v1/calls/{caller.call_id}") as r:
             assert r.status == 204
@@ -53,7 +36,7 @@ async def test_delete_ends_the_call_and_frees_its_replica(
         snap = await call_snapshot(http, server.url, caller.call_id or "")
         assert snap["state"] == "ended"
         assert snap["end_reason"] == "deleted"
-        ready = await _ready(http, server.url)
+        ready = await readyz(http, server.url)
         assert ready["calls"] == 0
         assert ready["replicas_free"] == 2
         await caller.wait_for("session.closed", 2)
@@ -71,9 +54,9 @@ async def test_hang_up_ends_the_call_at_once(
     await caller.call(http)
     call_id = caller.call_id or ""
     await caller.close()
-    snap = await _wait_ended(http, server.url, call_id, timeout=3)
+    snap = await wait_ended(http, server.url, call_id, timeout=3)
     assert snap["end_reason"] == "connection_closed"
-    assert (await _ready(http, server.url))["calls"] == 0
+    assert (await readyz(http, server.url))["calls"] == 0
 
 
 async def test_a_vanished_client_is_noticed_and_freed(
@@ -98,11 +81,11 @@ async def test_a_vanished_client_is_noticed_and_freed(
         assert (await call_snapshot(http, server.url, call_id))["state"] == "active"
         process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        snap = await _wait_ended(http, server.url, call_id, timeout=8)
+        snap = await wait_ended(http, server.url, call_id, timeout=8)
         assert time.monotonic() - killed < 2.0 + 3.0
         assert snap["end_reason"] == "client_gone"
         assert snap["counters"]["audio_in_ms"] > 1000
-        assert (await _ready(http, server.url))["replicas_free"] == server.pool.size
+        assert (await readyz(http, server.url))["replicas_free"] == server.pool.size
     finally:
         if process.returncode is None:
             process.kill()
@@ -126,7 +109,7 @@ async def test_two_calls_at_once_are_independent(
         seconds = [float(t[0]["delta"].split()[1]) for t in texts]
         assert 0.9 <= seconds[0] <= 1.6
         assert 2.3 <= seconds[1] <= 3.1
-        ready = await _ready(http, server.url)
+        ready = await readyz(http, server.url)
         assert ready["calls"] == 2
     finally:
         await asyncio.gather(*(c.close() for c in callers))

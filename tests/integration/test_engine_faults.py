@@ -5,35 +5,18 @@ replica comes back (realtime/unit_loop.py states the policy)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 
 from omni.pool import ReplicaPool
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller, call_snapshot
+from tests.support.caller import Caller, call_snapshot, readyz, wait_ended
 from tests.support.engines import ScriptedEngine
-
-
-async def _wait_ended(
-    http: aiohttp.ClientSession, url: str, call_id: str, timeout: float
-) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            snap = await call_snapshot(http, url, call_id)
-            if snap["state"] == "ended":
-                return snap
-            await asyncio.sleep(0.1)
-
-
-async def _ready(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with http.get(f"{url}/readyz") as r:
-        return dict(await r.json())
 
 
 async def _wait_free(http: aiohttp.ClientSession, url: str, free: int, timeout: float) -> None:
     async with asyncio.timeout(timeout):
-        while (await _ready(http, url))["replicas_free"] != free:
+        while (await readyz(http, url))["replicas_free"] != free:
             await asyncio.sleep(0.1)
 
 
@@ -70,7 +53,7 @@ async def test_an_engine_that_always_fails_ends_only_its_call_and_is_rebuilt(
     loop_caller = Caller(server.url, session={"mode": "loopback"})
     try:
         await asyncio.gather(caller.call(http), loop_caller.call(http))
-        snap = await _wait_ended(http, server.url, caller.call_id or "", timeout=10)
+        snap = await wait_ended(http, server.url, caller.call_id or "", timeout=10)
         assert snap["end_reason"] == "engine_error"
         assert engine.closed_sessions == 1
         closed = await caller.wait_for("session.closed", 3)
@@ -98,7 +81,7 @@ async def test_a_hung_step_ends_its_call_and_the_replica_comes_back_on_a_new_thr
         errors = await hung.wait_for("error", 8)
         assert errors[0]["code"] == "engine_timeout", errors
         assert "unit 2" in errors[0]["message"]
-        snap = await _wait_ended(http, server.url, hung.call_id or "", timeout=5)
+        snap = await wait_ended(http, server.url, hung.call_id or "", timeout=5)
         assert snap["end_reason"] == "engine_timeout"
         assert engine.hung_steps == 1 and engine.returned_late == 0, "the step is still stuck"
         # The other call never noticed, and the stuck replica is rebuilt on a fresh thread.
@@ -133,7 +116,7 @@ async def test_malformed_results_are_errors_and_end_only_their_call(
         errors = await bad.wait_for("error", 8, count=4)
         assert [e["code"] for e in errors[:4]] == ["engine_error"] * 4
         assert all("NaN" in e["message"] for e in errors[:3]), errors
-        snap = await _wait_ended(http, server.url, bad.call_id or "", timeout=5)
+        snap = await wait_ended(http, server.url, bad.call_id or "", timeout=5)
         assert snap["end_reason"] == "engine_error"
         assert all(e["delta"] != "garbage" for e in bad.of_type("response.output_text.delta")), (
             "a malformed result never reaches the client"

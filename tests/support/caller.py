@@ -240,3 +240,21 @@ async def make_offer() -> str:
         return await caller.offer()
     finally:
         await caller.close()
+
+
+async def wait_ended(
+    http: aiohttp.ClientSession, base_url: str, call_id: str, timeout: float
+) -> dict[str, Any]:
+    """Poll the call's snapshot until it has ended; returns that snapshot."""
+    async with asyncio.timeout(timeout):
+        while True:
+            snap = await call_snapshot(http, base_url, call_id)
+            if snap["state"] == "ended":
+                return snap
+            await asyncio.sleep(0.1)
+
+
+async def readyz(http: aiohttp.ClientSession, base_url: str) -> dict[str, Any]:
+    """GET /readyz: the engine's readiness, replicas and queue."""
+    async with http.get(f"{base_url}/readyz") as r:
+        return dict(await r.json())
