@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from omni.pool import ReplicaPool
 from realtime.clock import LoopClock
@@ -29,21 +30,15 @@ log = logging.getLogger(__name__)
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
-def create_app(
-    settings: Settings, pool: ReplicaPool, worker: ClusterWorker | None = None
+def base_app(
+    settings: Settings, metrics: Metrics, extra: list[Middleware] | None = None
 ) -> web.Application:
-    """Build the app; the engine pool warms up in the background once it starts.
-    With ``worker`` it is a cluster worker: it registers in Redis and takes the calls
-    gateways place on it."""
-    install_patches()
+    """What every role's app shares: the call page's folder, the middleware stack (with
+    ``extra`` just inside auth), the settings, metrics and authenticator."""
     web_dir = Path(settings.server.web_dir) if settings.server.web_dir else DEFAULT_WEB_DIR
     if not (web_dir / "index.html").is_file():
         raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
     authenticator = Authenticator(settings.auth)
-    # issue 10: metrics, and the cluster worker's admission check, registry and hooks
-    metrics = Metrics(worker.worker_id if worker else default_worker_name())
-    extra = [worker.middleware] if worker else []
-    hooks = (metrics, worker) if worker else (metrics,)
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         # Outermost first: CORS headers go on every answer, errors included; the body
@@ -53,17 +48,33 @@ def create_app(
             metrics.middleware,
             error_middleware,
             auth_middleware(authenticator),
-            *extra,
+            *(extra or []),
             body_timeout_middleware(settings.server.body_timeout_s),
         ],
     )
     app[MAX_BODY_BYTES] = settings.server.max_body_bytes
     app[SETTINGS] = settings
+    app[WEB_DIR] = web_dir
+    app[METRICS] = metrics
+    app[AUTH] = authenticator
+    app.router.add_get("/", handlers.index)
+    app.router.add_static("/static/", web_dir, follow_symlinks=False)
+    return app
+
+
+def create_app(
+    settings: Settings, pool: ReplicaPool, worker: ClusterWorker | None = None
+) -> web.Application:
+    """Build the app; the engine pool warms up in the background once it starts.
+    With ``worker`` it is a cluster worker: it registers in Redis and takes the calls
+    gateways place on it."""
+    install_patches()
+    # issue 10: metrics, and the cluster worker's admission check, registry and hooks
+    metrics = Metrics(worker.worker_id if worker else default_worker_name())
+    hooks = (metrics, worker) if worker else (metrics,)
+    app = base_app(settings, metrics, [worker.middleware] if worker else [])
     app[POOL] = pool
     app[CALLS] = CallManager(settings, pool, LoopClock(), hooks)
-    app[WEB_DIR] = web_dir
-    app[AUTH] = authenticator
-    app[METRICS] = metrics
     metrics.refresh = _gauges(metrics, pool, app[CALLS])
     app.cleanup_ctx.append(_lifetime)
     app.cleanup_ctx.append(metrics.lifetime)
@@ -81,8 +92,6 @@ def create_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/", handlers.index)
-    app.router.add_static("/static/", web_dir, follow_symlinks=False)
     return app
 
 

@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import Counter, Gauge, Histogram
 
 from signaling import handlers
-from signaling.app import DEFAULT_WEB_DIR
-from signaling.app_keys import AUTH, SETTINGS, WEB_DIR
-from signaling.auth import Authenticator, auth_middleware
-from signaling.body_timeout import body_timeout_middleware
+from signaling.app import base_app
 from signaling.cluster.registry import Claim, RedisRegistry, RegistryUnavailable
 from signaling.cluster.router import Relayed, Router, check_offer_off_loop
-from signaling.cors import CorsPolicy, cors_middleware
-from signaling.errors import MAX_BODY_BYTES, ApiError, error_middleware
+from signaling.errors import ApiError
 from signaling.metrics import (
     ADMISSION_BUCKETS,
-    METRICS,
     Metrics,
     default_worker_name,
     metrics_handler,
@@ -102,31 +96,13 @@ def create_gateway_app(
     settings: Settings, registry: RedisRegistry, name: str | None = None
 ) -> web.Application:
     """The gateway's app (``name``: its name in metrics; default gateway-<host>-<port>)."""
-    web_dir = Path(settings.server.web_dir) if settings.server.web_dir else DEFAULT_WEB_DIR
-    if not (web_dir / "index.html").is_file():
-        raise FileNotFoundError(f"no call page at {web_dir / 'index.html'}; set server.web_dir")
     name = name or settings.cluster.worker_id or f"gateway-{default_worker_name()}"
     metrics = Metrics(name)
-    # Clients authenticate here first (nothing is claimed for a refused request), and again
-    # at the worker, which owns the call (gateways and workers share the auth settings).
-    authenticator = Authenticator(settings.auth)
     gateway_metrics = GatewayMetrics(metrics, registry)
     metrics.refresh = gateway_metrics.refresh
-    app = web.Application(
-        client_max_size=settings.server.max_body_bytes,
-        middlewares=[
-            cors_middleware(CorsPolicy.from_settings(settings.server.cors_origins)),
-            metrics.middleware,
-            error_middleware,
-            auth_middleware(authenticator),
-            body_timeout_middleware(settings.server.body_timeout_s),
-        ],
-    )
-    app[MAX_BODY_BYTES] = settings.server.max_body_bytes
-    app[SETTINGS] = settings
-    app[WEB_DIR] = web_dir
-    app[METRICS] = metrics
-    app[AUTH] = authenticator
+    # Clients authenticate here first (nothing is claimed for a refused request), and again
+    # at the worker, which owns the call (gateways and workers share the auth settings).
+    app = base_app(settings, metrics)
     app[ROUTER] = Router(registry, settings.cluster, gateway_metrics.claimed)
     app.cleanup_ctx.append(_lifetime)
     app.router.add_post("/v1/calls", create_call)
@@ -139,8 +115,6 @@ def create_gateway_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/", handlers.index)
-    app.router.add_static("/static/", web_dir, follow_symlinks=False)
     return app
 
 
