@@ -12,10 +12,10 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from playwright.async_api import Page
 
 from tests.browser.chromium import chromium
+from tests.browser.sites import other_site
 from tests.conftest import ServerFactory
 from tests.support.media import silence, speechlike, write_wav
 
@@ -30,14 +30,8 @@ async def example_site() -> AsyncIterator[str]:
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(EXAMPLE)
 
-    app = web.Application()
-    app.router.add_get("/embed.html", page)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with other_site({"/embed.html": page}) as origin:
+        yield origin
 
 
 async def _state(page: Page) -> dict[str, Any]:

@@ -13,10 +13,10 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from playwright.async_api import Page
 
 from tests.browser.chromium import chromium
+from tests.browser.sites import other_site
 from tests.conftest import ServerFactory
 from tests.support.caller import call_snapshot
 from tests.support.media import silence, speechlike, write_wav
@@ -79,15 +79,8 @@ async def whip_page_site(api: str) -> AsyncIterator[str]:
             body=WHIP_JS.read_bytes(), content_type="text/javascript", charset="utf-8"
         )
 
-    app = web.Application()
-    app.router.add_get("/", page)
-    app.router.add_get("/whip.js", script)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with other_site({"/": page, "/whip.js": script}) as origin:
+        yield origin
 
 
 async def _result(page: Page) -> dict[str, Any]:
