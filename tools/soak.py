@@ -268,12 +268,7 @@ async def _serve_and_soak(args: argparse.Namespace) -> None:
             "server.max_calls": max(args.calls, 10),
         },
     )
-    engine = build_engine(
-        settings.engine.name,
-        settings.engine.replicas,
-        settings.server.max_calls,
-        settings.engine.configs(),
-    )
+    engine = build_engine(settings.engine, settings.server.max_calls)
     runner = web.AppRunner(create_app(settings, ReplicaPool(engine, settings.engine.max_queue)))
     await runner.setup()
     port = free_port()
