@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -159,6 +159,40 @@ class DuplexSession(Protocol):
     def close(self) -> None:
         """Full cleanup; afterwards the replica is ready for the next session.  If it raises,
         the pool takes the replica out of service and rebuilds it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PartialUnit:
+    """The start of a unit that is still being cut: what has been heard of it so far."""
+
+    index: int
+    """The unit this is the start of (its ``Unit`` comes later, once it is complete)."""
+    audio: NDArray[np.float32]
+    """16 kHz mono float32 from the unit's start, shape (n,), n < UNIT_SAMPLES; a later
+    PartialUnit or the Unit of the same index starts with these same samples."""
+    captured_at: float = 0.0
+    """Monotonic time when its last sample arrived."""
+
+    @property
+    def start_ms(self) -> int:
+        return self.index * UNIT_MS
+
+
+@runtime_checkable
+class EarlySession(Protocol):
+    """A session that can start speaking inside a unit (optional; ``DuplexSession`` too).
+
+    While the person pauses, the call hands the session the unit so far, every few tens of
+    ms (``step_early``), so it can notice the end of a turn and answer before the unit is
+    complete.  Then ``step`` gets the whole unit as usual; audio the session has already
+    heard through ``step_early`` must not be heard twice.
+    """
+
+    def step_early(self, part: PartialUnit) -> StepResult:
+        """Hear ``part``; listen=True when there is nothing to say yet, else the speech
+        (and text) to play at once.  Blocking, on the replica's thread, and quick: a step
+        of the unit is waiting behind it.  Errors as for ``step``."""
         ...
 
 

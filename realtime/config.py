@@ -101,10 +101,19 @@ class CallConfig:
     max_engine_errors: int = 3
     """Failed steps in a row (raised, or a malformed result) that end the call
     (``engine_error``); its replica is then rebuilt."""
+    early_pause_ms: int = 120
+    """Sub-unit turn ends: once the person has paused this long (20 ms VAD frames), an
+    engine that can (``EarlySession``) hears the unit so far, so it may answer before the
+    unit is complete."""
+    early_every_ms: int = 40
+    """How often, in media time, it hears the unit so far during such a pause; 0 = never
+    (engines then hear whole units only)."""
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self) -> None:
         require(self.idle_timeout_s > 0, "idle_timeout_s must be > 0")
+        require(20 <= self.early_pause_ms <= 2000, "early_pause_ms must be 20..2000")
+        require(0 <= self.early_every_ms <= 1000, "early_every_ms must be 0..1000")
         require(0 <= self.unit_grace_ms <= 2000, "unit_grace_ms must be 0..2000")
         require(1 <= self.max_pending_units <= 10, "max_pending_units must be 1..10")
         require(200 <= self.playout_max_ms <= 60_000, "playout_max_ms must be 200..60000")

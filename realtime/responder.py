@@ -1,7 +1,8 @@
 """The engine side of a call: what each step means for the person on the line.
 
 The unit loop steps the engine; the responder turns each result into events and queued
-speech (``StepSink``), and handles barge-in:
+speech (``StepSink``; an early step's speech is queued at once, inside its unit), and handles
+barge-in:
 
 * Stale results: an interrupt (barge-in or a client's ``response.cancel``) starts a new
   epoch.  A step that began before it may still return speech; that result is reported as
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from omni.api import DuplexSession, StepResult, Unit
+from omni.api import DuplexSession, PartialUnit, StepResult, Unit
 from realtime.audio import WIRE_RATE, OutboundAudio
 from realtime.events import (
     ErrorEvent,
@@ -113,6 +114,21 @@ class Responder:
             )
         )
         if speak and result.audio is not None and result.audio.size:
+            await self._playout.push(self._speech_out.convert(result.audio))
+
+    async def early(self, part: PartialUnit, result: StepResult) -> None:
+        """An early step: speech (and what was heard) goes out at once; listening is not
+        reported (the unit's own step reports the unit)."""
+        if self._step_epoch != self._epoch:
+            return
+        if result.heard:
+            self._events.send(InputTranscript(text=result.heard, unit=part.index))
+        if result.listen:
+            return
+        self._engine_speaking = not result.end_of_turn
+        if result.text:
+            self._events.send(OutputTextDelta(delta=result.text, unit=part.index))
+        if result.audio is not None and result.audio.size:
             await self._playout.push(self._speech_out.convert(result.audio))
 
     def failed(self, index: int, exc: Exception) -> None:

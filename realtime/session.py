@@ -123,7 +123,9 @@ class Call:
             step_timeout_s=config.step_timeout_s,
             max_pending=config.max_pending_units,
             frames=self.video,
+            early_every_ms=config.early_every_ms,
         )
+        self._early_pause_ms = config.early_pause_ms
         self.peer.on_channel = self._on_channel
         self.peer.on_message = self._on_message
 
@@ -289,6 +291,8 @@ class Call:
                 self.events.send(SpeechStopped(at_ms=event.at_ms))
         if self.vad.speaking:
             self.responder.voice(self.vad.voiced_ms)
+            if self.vad.pause_ms >= self._early_pause_ms and not self.responder.speaking:
+                self.loop.want_early()
 
     async def _next_out_frame(self) -> Any:
         frame = await self.pacer.next_wire_frame()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from omni.api import INPUT_RATE, UNIT_MS, UNIT_SAMPLES, Frame, Unit
+from omni.api import INPUT_RATE, UNIT_MS, UNIT_SAMPLES, Frame, PartialUnit, Unit
 
 _OFFSET_WINDOW_UNITS = 10
 _MIN_UNITS_FOR_DRIFT = 4
@@ -90,6 +90,7 @@ class UnitSlicer:
         """Samples dropped because their unit had already been taken."""
         self.missing_samples = 0
         """Samples of taken units that were lost (silence in their place)."""
+        self._last_arrival = 0.0
 
     @property
     def started(self) -> bool:
@@ -136,6 +137,7 @@ class UnitSlicer:
         samples of silence, ``missing`` of which (all by default) were lost rather than left
         out by the sender; ``quiet``: the sender is in DTX after these samples."""
         self.quiet = quiet
+        self._last_arrival = now
         lost = gap if missing is None else min(gap, missing)
         if self._anchor is None:
             self._anchor = now - samples.size / INPUT_RATE
@@ -196,6 +198,14 @@ class UnitSlicer:
         # Each second's offset, carried to the latest second along the drift; the smallest
         # is the least delayed path through the network.
         self._anchor = min(o + self.drift * (latest - u) for u, o in self._offsets)
+
+    def peek(self) -> PartialUnit | None:
+        """What has arrived of the oldest open unit, from its start (a copy); None when
+        nothing has, or when all of it has (it is about to be taken)."""
+        have = self._write - self._open_index * UNIT_SAMPLES
+        if have <= 0 or have >= UNIT_SAMPLES:
+            return None
+        return PartialUnit(self._open_index, self._buf[:have].copy(), self._last_arrival)
 
     def take(self) -> UnitAudio:
         """Finalize the oldest open unit (silence where audio is missing)."""

@@ -20,6 +20,13 @@ Fault policy (what the call does when its engine misbehaves):
   ``engine_timeout``, and ``broken`` tells the engine source that the replica's thread is
   stuck: the replica is rebuilt on a fresh thread and the stuck one is abandoned.
 
+Sub-unit steps: while the person pauses, the call asks for early steps (``want_early``); an
+engine whose session can (``EarlySession``) then hears the unit so far, at most once every
+``early_every_ms`` of media, and may start speaking before the unit is complete.  Early steps
+only run while no complete unit waits for the engine, and early and regular steps take turns
+on one lock, so the session hears the stream in order.  They count toward the fault policy as
+steps do.
+
 Overrun policy: while the engine is slower than real time, units wait in a queue of at most
 ``max_pending`` units.  When a new unit arrives at a full queue the oldest waiting unit is
 dropped: the engine never hears it, the next ``unit`` event reports the count, and a warning
@@ -33,9 +40,19 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from omni.api import EngineBinding, Frame, StepResult, Unit, check_result
+from omni.api import (
+    INPUT_RATE,
+    UNIT_SAMPLES,
+    EarlySession,
+    EngineBinding,
+    Frame,
+    PartialUnit,
+    StepResult,
+    Unit,
+    check_result,
+)
 from realtime.clock import Clock
 from realtime.errors import EngineFailing, EngineHung
 from realtime.slicer import UnitAudio, UnitSlicer
@@ -89,6 +106,13 @@ class StepSink(Protocol):
         """The step of unit ``index`` raised ``exc``."""
         ...
 
+    async def early(self, part: PartialUnit, result: StepResult) -> None:
+        """What the engine did with the start of unit ``part.index`` (an early step, after
+        ``stepping(part.index)``)."""
+        ...
+
+
+_T = TypeVar("_T")
 
 Stepper = Callable[[UnitAudio, Sequence[PendingFrame]], Awaitable[tuple[Unit, StepResult]]]
 """Builds the unit from its audio and frames, and steps the engine with it."""
@@ -122,6 +146,7 @@ class UnitLoop:
         no_audio_s: float = 2.0,
         max_consecutive_errors: int = 3,
         step_timeout_s: float = 15.0,
+        early_every_ms: int = 0,
     ) -> None:
         self._slicer = slicer
         self._clock = clock
@@ -136,6 +161,13 @@ class UnitLoop:
         )
         self._has_pending = asyncio.Event()
         self._dropped_since_step = 0
+        self._early_every = early_every_ms * INPUT_RATE // 1000
+        self._early_wanted = asyncio.Event()
+        self._early_heard = (-1, 0)
+        """(unit, samples of it) the engine last heard early."""
+        self._engine_turn = asyncio.Lock()
+        """Held by a step or an early step from start to delivered result."""
+        self._consecutive_errors = 0
         self.binding: EngineBinding | None = None
         """The engine session the loop steps, once ``run`` has it."""
         self.broken: str | None = None
@@ -146,6 +178,7 @@ class UnitLoop:
         self.steps = 0
         self.dropped_units = 0
         self.errors = 0
+        self.early_steps = 0
         self.step_ms: deque[float] = deque(maxlen=600)
         self.wait_ms: deque[float] = deque(maxlen=600)
         self.late_ms: deque[float] = deque(maxlen=600)
@@ -157,6 +190,14 @@ class UnitLoop:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.run_ticker(), name="unit-ticker")
             tasks.create_task(self.run_stepper(on_replica(binding)), name="unit-stepper")
+            session = binding.session
+            if self._early_every and isinstance(session, EarlySession):
+                tasks.create_task(self.run_early(binding, session), name="unit-early")
+
+    def want_early(self) -> None:
+        """The person is pausing: hear the unit so far, if the engine can (cheap; call it
+        for every inbound frame of the pause)."""
+        self._early_wanted.set()
 
     async def run_ticker(self) -> None:
         slicer, clock = self._slicer, self._clock
@@ -187,60 +228,96 @@ class UnitLoop:
             self._has_pending.set()
 
     async def run_stepper(self, step: Stepper) -> None:
-        consecutive_errors = 0
         while True:
             await self._has_pending.wait()
-            audio, frames, due = self._pending.popleft()
-            if not self._pending:
-                self._has_pending.clear()
-            start = self._clock.now()
-            arrived = audio.captured_at or due + self._grace
-            dropped, self._dropped_since_step = self._dropped_since_step, 0
-            self._sink.stepping(audio.index)
-            try:
-                unit, stepped = await self._bounded(step(audio, frames), audio.index)
-                result = check_result(stepped)
-            except EngineHung as exc:
-                self.errors += 1
-                self.hung = True
-                self.broken = str(exc)
-                log.error("%s", exc, extra={"unit": audio.index})
-                raise
-            except Exception as exc:
-                self.errors += 1
-                consecutive_errors += 1
-                log.exception("engine step failed on unit %d", audio.index)
-                self._dropped_since_step += dropped
-                self._sink.failed(audio.index, exc)
-                if consecutive_errors >= self._max_errors:
-                    self.broken = f"{consecutive_errors} failed steps in a row"
-                    raise EngineFailing(
-                        f"engine failed on {consecutive_errors} units in a row: {exc}"
-                    ) from exc
-                continue
-            consecutive_errors = 0
-            end = self._clock.now()
-            timing = StepTiming(
-                wait_ms=max(0.0, (start - arrived) * 1000),
-                late_ms=(start - due) * 1000,
-                step_ms=(end - start) * 1000,
-                dropped_units=dropped,
-            )
-            self.steps += 1
-            self.step_ms.append(timing.step_ms)
-            self.wait_ms.append(timing.wait_ms)
-            self.late_ms.append(timing.late_ms)
-            if timing.step_ms > 1000:
-                log.warning(
-                    "engine step took %.0f ms (unit is 1000 ms)",
-                    timing.step_ms,
-                    extra={"unit": unit.index, "step_ms": round(timing.step_ms)},
-                )
-            await self._sink.result(unit, result, timing)
+            async with self._engine_turn:
+                await self._step_next(step)
 
-    async def _bounded(
-        self, work: Awaitable[tuple[Unit, StepResult]], index: int
-    ) -> tuple[Unit, StepResult]:
+    async def _step_next(self, step: Stepper) -> None:
+        audio, frames, due = self._pending.popleft()
+        if not self._pending:
+            self._has_pending.clear()
+        start = self._clock.now()
+        arrived = audio.captured_at or due + self._grace
+        dropped, self._dropped_since_step = self._dropped_since_step, 0
+        self._sink.stepping(audio.index)
+        try:
+            unit, stepped = await self._bounded(step(audio, frames), audio.index)
+            result = check_result(stepped)
+        except Exception as exc:
+            self._dropped_since_step += dropped
+            self._step_failed(audio.index, exc)
+            return
+        self._consecutive_errors = 0
+        end = self._clock.now()
+        timing = StepTiming(
+            wait_ms=max(0.0, (start - arrived) * 1000),
+            late_ms=(start - due) * 1000,
+            step_ms=(end - start) * 1000,
+            dropped_units=dropped,
+        )
+        self.steps += 1
+        self.step_ms.append(timing.step_ms)
+        self.wait_ms.append(timing.wait_ms)
+        self.late_ms.append(timing.late_ms)
+        if timing.step_ms > 1000:
+            log.warning(
+                "engine step took %.0f ms (unit is 1000 ms)",
+                timing.step_ms,
+                extra={"unit": unit.index, "step_ms": round(timing.step_ms)},
+            )
+        await self._sink.result(unit, result, timing)
+
+    def _step_failed(self, index: int, exc: Exception) -> None:
+        """Apply the fault policy to a step (or early step) of unit ``index`` that failed."""
+        self.errors += 1
+        if isinstance(exc, EngineHung):
+            self.hung = True
+            self.broken = str(exc)
+            log.error("%s", exc, extra={"unit": index})
+            raise exc
+        self._consecutive_errors += 1
+        log.error("engine step failed on unit %d", index, exc_info=exc)
+        self._sink.failed(index, exc)
+        if self._consecutive_errors >= self._max_errors:
+            self.broken = f"{self._consecutive_errors} failed steps in a row"
+            raise EngineFailing(
+                f"engine failed on {self._consecutive_errors} units in a row: {exc}"
+            ) from exc
+
+    async def run_early(self, binding: EngineBinding, session: EarlySession) -> None:
+        """Early steps: the unit so far, whenever a pause asks for one and at least
+        ``early_every_ms`` of new media has come since the last."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._early_wanted.wait()
+            self._early_wanted.clear()
+            if not self._early_due():
+                continue
+            async with self._engine_turn:
+                part = self._slicer.peek()
+                if part is None or self._pending or not self._early_due():
+                    continue
+                self._early_heard = (part.index, part.audio.size)
+                self._sink.stepping(part.index)
+                work = loop.run_in_executor(binding.executor, session.step_early, part)
+                try:
+                    result = check_result(await self._bounded(work, part.index))
+                except Exception as exc:
+                    self._step_failed(part.index, exc)
+                    continue
+                self._consecutive_errors = 0
+                self.early_steps += 1
+                await self._sink.early(part, result)
+
+    def _early_due(self) -> bool:
+        if self._pending:
+            return False
+        index = self._slicer.next_index
+        heard = self._early_heard[1] if self._early_heard[0] == index else 0
+        return self._slicer.position - index * UNIT_SAMPLES >= heard + self._early_every
+
+    async def _bounded(self, work: Awaitable[_T], index: int) -> _T:
         """``work``'s result, or EngineHung once it has run ``step_timeout_s`` (the thread it
         runs on cannot be stopped: it is left to finish, or not, on its own)."""
         task = asyncio.ensure_future(work)

@@ -48,6 +48,7 @@ from omni.api import (
     EngineBinding,
     EngineSource,
     Frame,
+    PartialUnit,
     QueueCallback,
     SessionConfig,
     StepResult,
@@ -439,14 +440,24 @@ class WsResponder:
                 self._done()
             self._put(event("response.listen", unit=unit.index, text=result.heard))
             return
+        self._speak(unit.index, result)
+
+    async def early(self, part: PartialUnit, result: StepResult) -> None:
+        """An early step (sessions here run none unless configured): speech goes out at
+        once; listening is left for the unit's own step to report."""
+        if result.listen or self._step_epoch != self._epoch or part.index in self._forced:
+            return
+        self._speak(part.index, result)
+
+    def _speak(self, index: int, result: StepResult) -> None:
         self._in_turn = True
         self.spoken_units += 1
         if result.text:
-            self._put(event("response.output_text.delta", delta=result.text, unit=unit.index))
+            self._put(event("response.output_text.delta", delta=result.text, unit=index))
         if self.tts_enabled and result.audio is not None and result.audio.size:
             self.audio_out_samples += result.audio.size
             audio = base64.b64encode(result.audio.astype("<f4").tobytes()).decode("ascii")
-            self._put(event("response.output_audio.delta", audio=audio, unit=unit.index))
+            self._put(event("response.output_audio.delta", audio=audio, unit=index))
         if result.end_of_turn:
             self._done()
 

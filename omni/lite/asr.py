@@ -1,8 +1,10 @@
-"""Streaming speech recognition with pocketsphinx's bundled English model.
+"""Speech recognition in a worker process of its own (the recognizers are in
+``omni.lite.recognizers``).
 
-The decoder runs in a worker process of its own: pocketsphinx holds the GIL while it decodes,
-which would stall the event loop of the whole server.  Audio is streamed to the worker while
-the person talks, so when the turn ends only the final pass is left (tens of ms).
+Recognizers hold the GIL while they decode (pocketsphinx) or use every core they are given
+(onnxruntime): in the server's process they would stall the event loop of every call.  Audio
+is streamed to the worker while the person talks; a streaming recognizer decodes it as it
+comes, a whole-utterance one (Moonshine) keeps it until the turn ends.
 """
 
 from __future__ import annotations
@@ -17,86 +19,87 @@ import numpy as np
 from numpy.typing import NDArray
 
 from omni.api import INPUT_RATE, EngineError
+from omni.errors import EngineUnavailable
+from omni.lite.recognizers import make_recognizer
 
-_CHUNK = INPUT_RATE // 50 * 2
-"""Bytes of int16 audio per decoder call (20 ms)."""
 _START_TIMEOUT_S = 60.0
 _REPLY_TIMEOUT_S = 30.0
 
 
-def _serve(conn: Connection) -> None:
-    """The worker process: one decoder, commands in order from ``conn``."""
-    from pocketsphinx import Config, Decoder
-
-    decoder = Decoder(Config(samprate=INPUT_RATE, loglevel="FATAL"))
-    in_utterance = False
+def _serve(conn: Connection, name: str, threads: int) -> None:
+    """The worker process: one recognizer, commands in order from ``conn``."""
+    try:
+        recognizer = make_recognizer(name, threads)
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
     busy_s = 0.0
     audio_s = 0.0
-    conn.send(("ready", None))
+    conn.send(("ready", recognizer.name))
     while True:
         try:
             command, payload = conn.recv()
         except EOFError:
             return
+        began = time.perf_counter()
         if command == "audio":
-            if not in_utterance:
-                decoder.start_utt()
-                in_utterance = True
-            began = time.perf_counter()
-            for i in range(0, len(payload), _CHUNK):
-                decoder.process_raw(payload[i : i + _CHUNK], False, False)
-            busy_s += time.perf_counter() - began
-            audio_s += len(payload) / 2 / INPUT_RATE
-        elif command == "partial":
-            hyp = decoder.hyp() if in_utterance else None
-            conn.send(("text", hyp.hypstr if hyp else ""))
+            audio = (np.frombuffer(payload, dtype="<i2") / 32767).astype(np.float32)
+            recognizer.feed(audio)
+            audio_s += audio.size / INPUT_RATE
         elif command == "finish":
-            text = ""
-            if in_utterance:
-                began = time.perf_counter()
-                decoder.end_utt()
-                busy_s += time.perf_counter() - began
-                hyp = decoder.hyp()
-                text = hyp.hypstr if hyp else ""
-                in_utterance = False
-            conn.send(("text", text))
+            conn.send(("text", recognizer.finish()))
         elif command == "abort":
-            if in_utterance:
-                decoder.end_utt()
-                in_utterance = False
+            recognizer.abort()
         elif command == "stats":
             conn.send(("stats", (busy_s, audio_s)))
         elif command == "stop":
             return
+        busy_s += time.perf_counter() - began
 
 
 class SpeechRecognizer:
-    """One pocketsphinx decoder in a worker process; all methods are called from one thread."""
+    """One recognizer in a worker process; all methods are called from one thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "auto", threads: int = 1) -> None:
+        self._name = name
+        self._threads = threads
         self._conn: Connection | None = None
         self._process: Any = None
+        self.name = ""
+        """The recognizer the worker runs (known once started)."""
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
-        process = context.Process(target=_serve, args=(child,), name="omnirtc-asr", daemon=True)
+        process = context.Process(
+            target=_serve,
+            args=(child, self._name, self._threads),
+            name="omnirtc-asr",
+            daemon=True,
+        )
         process.start()
         child.close()
         self._conn, self._process = parent, process
-        self._expect("ready", _START_TIMEOUT_S)
+        if not parent.poll(_START_TIMEOUT_S):
+            self.close(wait_s=0)
+            raise EngineError(f"speech recognition did not start within {_START_TIMEOUT_S:.0f} s")
+        try:
+            got, payload = parent.recv()
+        except (EOFError, OSError) as exc:
+            self.close(wait_s=0)
+            raise EngineError(f"speech recognition worker died while starting: {exc}") from None
+        if got != "ready":
+            self.close()
+            raise EngineUnavailable(f"speech recognition could not start: {payload}")
+        self.name = str(payload)
 
     def feed(self, audio: NDArray[np.float32]) -> None:
         """Stream the person's audio (16 kHz mono float32) into the current utterance."""
         pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
         self._send(("audio", pcm))
 
-    def partial(self) -> str:
-        self._send(("partial", None))
-        return str(self._expect("text", _REPLY_TIMEOUT_S))
-
     def finish(self) -> str:
-        """End the utterance; its best transcript (lower case, '' when nothing was heard)."""
+        """End the utterance; its best transcript ('' when nothing was heard)."""
         self._send(("finish", None))
         return str(self._expect("text", _REPLY_TIMEOUT_S))
 

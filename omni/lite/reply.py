@@ -78,6 +78,8 @@ class Reply:
     _ready: threading.Condition = field(default_factory=threading.Condition)
     _began: float = field(default_factory=time.perf_counter)
     _handed_text: bool = False
+    handed_samples: int = 0
+    """Speech handed out so far (24 kHz samples)."""
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -169,4 +171,5 @@ class Reply:
                 if chunk.offset >= chunk.audio.size:
                     self._chunks.popleft()
         audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        self.handed_samples += audio.size
         return audio, "".join(texts)
