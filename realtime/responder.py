@@ -8,7 +8,8 @@ barge-in:
   epoch.  A step that began before it may still return speech; that result is reported as
   listening and its speech and text never play.
 * Barge-in: while the service is talking (speech queued, or the engine mid-turn), voiced input
-  for ``barge_in_ms`` interrupts it: the engine session is told (``DuplexSession.interrupt``),
+  for ``barge_in_ms`` interrupts it (only voice heard while it talks counts: an answer that
+  starts in the person's pause is not cut short by the speech that came before it): the engine session is told (``DuplexSession.interrupt``),
   the playout buffer is cleared at once, and the client gets ``response.interrupted``.
   One interrupt per speech segment.
 """
@@ -44,6 +45,8 @@ class Responder:
         self._step_epoch = 0
         self._engine_speaking = False
         self._barged_in = False
+        self._overlap_ms = 0
+        """Voiced input heard while the service talks, in the current speech segment."""
         self.interrupts = 0
 
     def attach(self, session: DuplexSession) -> None:
@@ -60,10 +63,16 @@ class Responder:
     def speech_started(self) -> None:
         """The person started a new speech segment: it may interrupt once."""
         self._barged_in = False
+        self._overlap_ms = 0
 
-    def voice(self, voiced_ms: float) -> None:
-        """The person is speaking and has been voiced for ``voiced_ms`` in this segment."""
-        if not self._barged_in and self.speaking and voiced_ms >= self._barge_in_ms:
+    def voice(self, voiced_ms: int) -> None:
+        """The person's speech segment goes on, with ``voiced_ms`` of voice in the audio just
+        heard."""
+        if not self.speaking:
+            self._overlap_ms = 0
+            return
+        self._overlap_ms += voiced_ms
+        if not self._barged_in and self._overlap_ms >= self._barge_in_ms:
             self._barged_in = True
             self.interrupt("barge_in")
 

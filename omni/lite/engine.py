@@ -8,6 +8,8 @@ the reply being spoken.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -270,7 +272,10 @@ class LiteSession:
             return StepResult(listen=True, timings=timings)
         waited = time.perf_counter()
         if wait_s is None:
-            wait_s = _FIRST_AUDIO_TIMEOUT_S if new_reply else _NEXT_AUDIO_WAIT_S
+            # A reply not heard yet (its turn ended in this step, or in an early step of this
+            # unit) is waited for longer than a sentence in the middle of one.
+            starting = new_reply or not reply.handed_samples
+            wait_s = _FIRST_AUDIO_TIMEOUT_S if starting else _NEXT_AUDIO_WAIT_S
         reply.wait_for_audio(wait_s)
         timings["wait_audio"] = (time.perf_counter() - waited) * 1000
         audio, text = reply.take(OUTPUT_UNIT_SAMPLES)
@@ -322,6 +327,9 @@ class LiteReplica:
 
     def warmup(self) -> None:
         began = time.perf_counter()
+        # Runs on the replica's thread before any model starts: every thread and process the
+        # models start from here inherits the lower priority.
+        lower_thread_priority(self.config.nice)
         self.asr.start()
         self.model.load()
         self.voice.load()
@@ -345,6 +353,18 @@ class LiteReplica:
         self.asr.close()
         self.model.close()
         self.voice.close()
+
+
+def lower_thread_priority(by: int) -> None:
+    """Make the calling thread (and what it starts from now on) ``by`` nicer (Linux only:
+    elsewhere this would apply to the whole process, the media included)."""
+    if by <= 0 or sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except OSError as exc:
+        log.warning("could not lower the lite engine's priority: %s", exc)
 
 
 def lite_engine(config: LiteConfig, replicas: int) -> ReplicaEngine:

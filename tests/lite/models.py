@@ -39,7 +39,8 @@ def speaker() -> Speaker:
 
 @pytest.fixture(scope="session")
 def replica() -> Iterator[LiteReplica]:
-    replica = LiteReplica(LiteConfig(max_reply_sentences=4, max_reply_tokens=96))
+    # nice=0: warmup runs on this (the test session's) thread, which must keep its priority.
+    replica = LiteReplica(LiteConfig(max_reply_sentences=4, max_reply_tokens=96, nice=0))
     replica.warmup()
     yield replica
     replica.shutdown()

@@ -10,7 +10,15 @@ import soxr
 from numpy.typing import NDArray
 from pocketsphinx import Config, Decoder
 
-from omni.api import INPUT_RATE, OUTPUT_RATE, UNIT_SAMPLES, SessionConfig, StepResult, Unit
+from omni.api import (
+    INPUT_RATE,
+    OUTPUT_RATE,
+    UNIT_SAMPLES,
+    PartialUnit,
+    SessionConfig,
+    StepResult,
+    Unit,
+)
 from omni.lite.engine import LiteReplica, LiteSession
 from tests.lite.models import Speaker
 
@@ -227,3 +235,46 @@ def test_talking_on_after_a_pause_drops_the_early_answer(
     assert len(session.heard) == 1
     assert {"capital", "france"} <= words(session.heard[0]), session.heard
     assert any("paris" in r.text.lower() for r in results)
+
+
+def test_a_turn_that_ends_inside_a_unit_is_answered_inside_it(
+    replica: LiteReplica, speaker: Speaker
+) -> None:
+    """Sub-unit turn ends: early steps every 40 ms of the pause (as a call makes them) find
+    the end of the turn inside the unit, and its reply starts there."""
+    session = replica.open_session(SessionConfig())
+    assert isinstance(session, LiteSession)
+    config = replica.config
+    question = speaker.say("What is the capital of France?")
+    audio = _ending_at(question, 0.05)
+    end_unit = int(np.ceil(question.size / INPUT_RATE))
+    early: list[tuple[int, StepResult]] = []
+    results: list[StepResult] = []
+    try:
+        for unit in units(audio):
+            if unit.index == end_unit:
+                start = int(0.05 * INPUT_RATE) + 640
+                for n in range(start, UNIT_SAMPLES, 640):
+                    began = time.monotonic()
+                    result = session.step_early(PartialUnit(unit.index, unit.audio[:n]))
+                    early.append((n, result))
+                    if not result.listen:
+                        break
+                    time.sleep(max(0.0, 0.04 - (time.monotonic() - began)))
+            results.append(session.step(unit))
+    finally:
+        session.close()
+    ended = [(n, r) for n, r in early if r.heard]
+    assert ended, "the early steps never noticed the end of the turn"
+    n, result = ended[0]
+    pause_ms = (n - 0.05 * INPUT_RATE) * 1000 / INPUT_RATE
+    # Silero's frames are 32 ms and the early steps 40 ms apart.
+    assert config.end_pause_ms <= pause_ms + 60 <= config.end_pause_ms + 200, pause_ms
+    assert {"capital", "france"} <= words(result.heard)
+    spoke_early = [r for _, r in early if not r.listen]
+    first = spoke_early[0] if spoke_early else results[end_unit]
+    assert not first.listen and first.audio is not None, "the reply must start in this unit"
+    assert "paris" in first.text.lower()
+    # What the early steps heard is not heard again by the unit's own step.
+    assert len(session.heard) == 1, session.heard
+    assert not any(r.heard for r in results), "the turn ended once, in an early step"
