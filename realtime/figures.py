@@ -26,6 +26,7 @@ def snapshot(call: Call) -> dict[str, Any]:
             "audio_in_ms": round(call.audio_in_ms),
             "units": call.loop.units,
             "steps": call.loop.steps,
+            "early_steps": call.loop.early_steps,
             "dropped_units": call.loop.dropped_units,
             "engine_errors": call.loop.errors,
             "late_audio_samples": call.slicer.late_samples,

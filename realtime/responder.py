@@ -8,10 +8,10 @@ barge-in:
   epoch.  A step that began before it may still return speech; that result is reported as
   listening and its speech and text never play.
 * Barge-in: while the service is talking (speech queued, or the engine mid-turn), voiced input
-  for ``barge_in_ms`` interrupts it (only voice heard while it talks counts: an answer that
-  starts in the person's pause is not cut short by the speech that came before it): the engine session is told (``DuplexSession.interrupt``),
+  for ``barge_in_ms`` interrupts it: the engine session is told (``DuplexSession.interrupt``),
   the playout buffer is cleared at once, and the client gets ``response.interrupted``.
-  One interrupt per speech segment.
+  One interrupt per speech segment.  Only voice heard while the service talks counts: an
+  answer that starts in the person's pause is not cut short by the speech before it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from omni.api import (
 )
 from omni.pool import ReplicaPool
 from tests.conftest import ServerFactory
-from tests.support.caller import Caller
+from tests.support.caller import Caller, call_snapshot
 from tests.support.media import rms, silence, speechlike
 
 QUIET = int(0.3 * 16_000)
@@ -114,6 +114,9 @@ async def test_speech_from_inside_a_unit_reaches_the_caller_before_the_unit_ends
         # up to a unit (plus grace) a whole-unit engine would have waited.
         delay = heard_at - talk_ended
         assert delay < 1.0, f"first speech {delay:.2f} s after the talk ended"
+        seen = len(engine.early)
+        snapshot = await call_snapshot(http, server.url, caller.call_id or "")
+        assert snapshot["counters"]["early_steps"] >= seen > 0
         sizes = [n for i, n in engine.early if i == index]
         assert all(b - a >= 640 for a, b in itertools.pairwise(sizes)), sizes
     finally:
