@@ -55,6 +55,9 @@ from realtime.vad import SpeechDetector, SpeechEdge
 
 log = logging.getLogger(__name__)
 
+EARLY_WINDOW_MS = 3000
+"""Early steps stop once a pause is this long (ms): a reply would have started by then."""
+
 _WATCH_INTERVAL_S = 0.25
 
 
@@ -292,8 +295,15 @@ class Call:
                 self.events.send(SpeechStopped(at_ms=event.at_ms))
         if self.vad.speaking:
             self.responder.voice(self.vad.voiced_total_ms - voiced_before)
-            if self.vad.pause_ms >= self._early_pause_ms and not self.responder.speaking:
-                self.loop.want_early()
+        pause = self.vad.since_speech_ms
+        if (
+            pause is not None
+            and self._early_pause_ms <= pause <= EARLY_WINDOW_MS
+            and not self.responder.speaking
+        ):
+            # The person is pausing, maybe at the end of a turn: an engine that can hears
+            # the unit so far (and may answer in it) until it speaks or the pause grows long.
+            self.loop.want_early()
 
     async def _next_out_frame(self) -> Any:
         frame = await self.pacer.next_wire_frame()

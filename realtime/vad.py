@@ -49,6 +49,7 @@ class SpeechDetector:
         self._voiced_frames = 0
         self.voiced_total_ms = 0
         """Voiced audio heard in the whole call (it only grows)."""
+        self._last_voiced_frame: int | None = None
 
     @property
     def speaking(self) -> bool:
@@ -87,6 +88,14 @@ class SpeechDetector:
                 events.append(event)
         return events
 
+    @property
+    def since_speech_ms(self) -> int | None:
+        """Unvoiced audio since the last voiced frame of a speech segment, also after the
+        segment has stopped (0 while voiced; None before any speech)."""
+        if self._last_voiced_frame is None:
+            return None
+        return (self._frames - self._last_voiced_frame) * VAD_FRAME_MS
+
     def _advance(self, voiced: bool) -> SpeechEvent | None:
         self.voiced_total_ms += VAD_FRAME_MS if voiced else 0
         self._window.append(voiced)
@@ -102,10 +111,13 @@ class SpeechDetector:
                 )
                 self._speech_start_frame = first
                 self._voiced_frames = sum(self._window)
+                self._last_voiced_frame = self._frames if voiced else first + 1
                 return SpeechEvent(SpeechEdge.STARTED, first * VAD_FRAME_MS)
             return None
         self._silent_run = 0 if voiced else self._silent_run + 1
         self._voiced_frames += voiced
+        if voiced:
+            self._last_voiced_frame = self._frames
         if self._silent_run >= self._stop_frames:
             self._speaking = False
             self._window.clear()

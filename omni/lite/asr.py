@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import threading
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -57,14 +59,46 @@ def _serve(conn: Connection, name: str, threads: int) -> None:
         busy_s += time.perf_counter() - began
 
 
+class Transcript:
+    """A transcript on its way from the worker: ask ``done()`` without waiting, or wait for
+    ``result()`` (from any thread)."""
+
+    def __init__(self, owner: SpeechRecognizer) -> None:
+        self._owner = owner
+        self._text: str | None = None
+        self._error: EngineError | None = None
+
+    def done(self) -> bool:
+        """Whether it has come (reads what the worker has sent, without waiting)."""
+        if self._text is None and self._error is None:
+            self._owner._collect(self, 0.0)
+        return self._text is not None or self._error is not None
+
+    def result(self, timeout_s: float = _REPLY_TIMEOUT_S) -> str:
+        """The text ('' when nothing was heard); raises EngineError if the worker failed."""
+        if self._text is None and self._error is None:
+            self._owner._collect(self, timeout_s)
+        if self._error is not None:
+            raise self._error
+        return self._text or ""
+
+    def _settle(self, text: str | None, error: EngineError | None = None) -> None:
+        self._text, self._error = text, error
+
+
 class SpeechRecognizer:
-    """One recognizer in a worker process; all methods are called from one thread."""
+    """One recognizer in a worker process.  Audio and commands go from one thread (the
+    replica's); a transcript may be waited for on another (the reply's): it is read from the
+    worker under a lock, and every transcript that arrives first is handed to its own
+    ``Transcript`` on the way."""
 
     def __init__(self, name: str = "auto", threads: int = 1) -> None:
         self._name = name
         self._threads = threads
         self._conn: Connection | None = None
         self._process: Any = None
+        self._lock = threading.Lock()
+        self._waiting: deque[Transcript] = deque()
         self.name = ""
         """The recognizer the worker runs (known once started)."""
 
@@ -98,18 +132,27 @@ class SpeechRecognizer:
         pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
         self._send(("audio", pcm))
 
+    def finish_soon(self) -> Transcript:
+        """End the utterance now (later audio starts the next one); its transcript comes
+        while the caller goes on: a whole-utterance recognizer takes a while."""
+        with self._lock:
+            self._send(("finish", None))
+            transcript = Transcript(self)
+            self._waiting.append(transcript)
+        return transcript
+
     def finish(self) -> str:
-        """End the utterance; its best transcript ('' when nothing was heard)."""
-        self._send(("finish", None))
-        return str(self._expect("text", _REPLY_TIMEOUT_S))
+        """End the utterance and wait for its transcript ('' when nothing was heard)."""
+        return self.finish_soon().result()
 
     def abort(self) -> None:
         self._send(("abort", None))
 
     def stats(self) -> tuple[float, float]:
         """(seconds spent decoding, seconds of audio decoded) so far."""
-        self._send(("stats", None))
-        busy, audio = self._expect("stats", _REPLY_TIMEOUT_S)
+        with self._lock:
+            self._send(("stats", None))
+            busy, audio = self._read_until("stats", _REPLY_TIMEOUT_S)
         return float(busy), float(audio)
 
     def close(self, wait_s: float = 5.0) -> None:
@@ -122,6 +165,9 @@ class SpeechRecognizer:
             if self._process.is_alive():
                 self._process.kill()
         self._conn = self._process = None
+        gone = EngineError("speech recognition stopped before this transcript came")
+        while self._waiting:
+            self._waiting.popleft()._settle(None, gone)
 
     def _send(self, message: tuple[str, Any]) -> None:
         if self._conn is None:
@@ -131,17 +177,44 @@ class SpeechRecognizer:
         except (OSError, ValueError) as exc:
             raise EngineError(f"speech recognition worker is gone: {exc}") from None
 
-    def _expect(self, kind: str, timeout_s: float) -> Any:
-        assert self._conn is not None
-        if not self._conn.poll(timeout_s):
-            # Its late answer would be read as the answer to the next question: stop the
-            # worker; the replica is rebuilt with a new one.
-            self.close(wait_s=0)
-            raise EngineError(f"speech recognition did not answer within {timeout_s:.0f} s")
-        try:
-            got, payload = self._conn.recv()
-        except (EOFError, OSError) as exc:
-            raise EngineError(f"speech recognition worker died: {exc}") from None
-        if got != kind:
-            raise EngineError(f"speech recognition answered {got!r}, expected {kind!r}")
-        return payload
+    def _collect(self, target: Transcript, timeout_s: float) -> None:
+        """Read transcripts until ``target``'s has come, waiting at most ``timeout_s``."""
+        with self._lock:
+            try:
+                self._read_until(None, timeout_s, target)
+            except _NotYet:
+                return
+
+    def _read_until(
+        self, kind: str | None, timeout_s: float, target: Transcript | None = None
+    ) -> Any:
+        """Hand arriving transcripts to the waiting ones, in order, until ``target`` has its
+        own, or (``kind``) until an answer of that kind comes, which is returned."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if target is not None and target not in self._waiting:
+                return None
+            conn = self._conn
+            if conn is None:
+                raise EngineError("speech recognition is not running")
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                if timeout_s <= 0:
+                    raise _NotYet("no transcript yet")
+                # Its late answer would be read as the answer to the next question: stop the
+                # worker; the replica is rebuilt with a new one.
+                self.close(wait_s=0)
+                raise EngineError(f"speech recognition did not answer within {timeout_s:.0f} s")
+            try:
+                got, payload = conn.recv()
+            except (EOFError, OSError) as exc:
+                raise EngineError(f"speech recognition worker died: {exc}") from None
+            if got == "text" and self._waiting:
+                self._waiting.popleft()._settle(str(payload))
+            elif got == kind:
+                return payload
+            else:
+                raise EngineError(f"speech recognition answered {got!r}, expected {kind!r}")
+
+
+class _NotYet(EngineError):
+    """Nothing has come from the worker yet (a look without waiting)."""

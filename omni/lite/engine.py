@@ -30,7 +30,7 @@ from omni.api import (
     StepResult,
     Unit,
 )
-from omni.lite.asr import SpeechRecognizer
+from omni.lite.asr import SpeechRecognizer, Transcript
 from omni.lite.config import LiteConfig
 from omni.lite.language_models import gemma_installed
 from omni.lite.llm import ReplyModel
@@ -63,13 +63,16 @@ class LiteSession:
         self._interrupt = threading.Event()
         self._lock = threading.Lock()
         self._barged_in = False
-        self._heard_so_far: list[str] = []
-        """Text of the current turn already recognised (its utterance was finished early to
-        speculate)."""
+        self._heard_so_far: list[Transcript] = []
+        """Transcripts of the current turn's pieces already finished (to speculate)."""
         self._speculative: Reply | None = None
         self._speculated_at_voiced_ms = 0
-        self.speculated: list[str] = []
-        """Questions answered early, in order (for logs and tests)."""
+        self._speculations: list[Reply] = []
+        self._unannounced: Reply | None = None
+        """The reply whose question has not been reported (``StepResult.heard``) yet."""
+        self.turn_ends: list[tuple[int, int]] = []
+        """Where each turn ended: (unit, samples of it heard) for an early step, (-1, 0) for
+        a unit's own step (for logs and tests)."""
         self.speculation_hits = 0
         self.heard: list[str] = []
         """What the person said, turn by turn (for logs and tests)."""
@@ -91,9 +94,7 @@ class LiteSession:
         heard = self._heard_samples if self._heard_index == unit.index else 0
         self._heard_index, self._heard_samples = -1, 0
         timings, new_reply = self._hear(unit.audio[heard:])
-        result = self._deliver(new_reply, timings)
-        if new_reply and self.heard:
-            result = replace(result, heard=self.heard[-1])
+        result = self._announce(self._deliver(new_reply, timings))
         timings["total"] = (time.perf_counter() - began) * 1000
         return result
 
@@ -111,10 +112,29 @@ class LiteSession:
             result = self._deliver(new_reply, timings, wait_s=_EARLY_AUDIO_WAIT_S)
             if result.audio is None:
                 result = StepResult(listen=True, timings=timings)
-        if new_reply and self.heard:
-            result = replace(result, heard=self.heard[-1])
+        result = self._announce(result)
         timings["total"] = (time.perf_counter() - began) * 1000
         return result
+
+    @property
+    def speculated(self) -> list[str]:
+        """Questions answered early, in order, as far as they are known (logs and tests)."""
+        return [r.question for r in self._speculations if r.asked.is_set()]
+
+    def _announce(self, result: StepResult) -> StepResult:
+        """Report what the person said (``heard``) with the first speech of its reply, or
+        once it is clear nothing was said."""
+        reply = self._unannounced
+        if reply is None or not reply.asked.is_set():
+            return result
+        if not reply.question:
+            self._unannounced = None
+            return result
+        if result.listen and not reply.unheard and reply is self._reply:
+            return result
+        self._unannounced = None
+        self.heard.append(reply.question)
+        return replace(result, heard=reply.question)
 
     def _hear(self, audio: NDArray[np.float32]) -> tuple[dict[str, float], bool]:
         """Feed the person's next audio to the turn detector and the recognizer; starts a
@@ -166,46 +186,37 @@ class LiteSession:
 
     def _end_of_turn(self, asr: SpeechRecognizer) -> bool:
         """The person finished a turn: answer it, unless it ended over our own speech."""
+        self.turn_ends.append((self._heard_index, self._heard_samples))
         if self.speaking and not self._barged_in:
             asr.abort()
             self._drop_speculation()
             self.dropped_turns += 1
             return False
         self._barged_in = False
-        if self._speculative is not None and self._turns.voiced_ms <= self._speculated_at_voiced_ms:
-            # Nothing voiced since the early answer: only the pause is left to recognise
-            # (a whole-utterance recognizer might read words into silence).
-            asr.abort()
-            last = ""
-        else:
-            last = asr.finish().strip()
-        text = " ".join([*self._heard_so_far, last]).strip()
-        self._heard_so_far = []
         speculative, self._speculative = self._speculative, None
-        if not text:
-            if speculative is not None:
-                speculative.cancel()
-            return False
-        self.heard.append(text)
-        if speculative is not None and not last and speculative.question == text:
-            # Nothing was said after we speculated: the reply is already being spoken.
+        if speculative is not None and self._turns.voiced_ms <= self._speculated_at_voiced_ms:
+            # Nothing voiced since the early answer: it is the answer, already under way
+            # (and a whole-utterance recognizer might read words into the pause).
+            asr.abort()
+            self._heard_so_far = []
             self.speculation_hits += 1
-            self._stop_reply()
-            with self._lock:
-                self._reply = speculative
+            self._adopt(speculative)
             return True
         if speculative is not None:
             speculative.cancel()
-        self._start_reply(text)
+        parts = [*self._heard_so_far, asr.finish_soon()]
+        self._heard_so_far = []
+        self._adopt(self._launch(parts))
         return True
 
     def _speculate(self, asr: SpeechRecognizer) -> None:
         """In a pause that may be the end of the turn, recognise and answer it already.
 
-        The turn ends only after ``end_pause_ms``, at the end of a unit: if a unit ends in a
-        shorter pause, the next unit will most likely end the turn.  Finishing the recognition
-        and starting the reply now hides their time; if the person goes on talking, the reply
-        is dropped and what they said so far is kept for the turn's full text.
+        The turn ends only after ``end_pause_ms``: once the person has paused
+        ``speculate_after_ms``, finishing the recognition and starting the reply now hides
+        their time; if the person goes on talking, the reply is dropped and what they said so
+        far is kept for the turn's full text.  Neither waits here: the transcript comes to
+        the reply thread.
         """
         turns, config = self._turns, self._config
         if self._speculative is not None and turns.voiced_ms > self._speculated_at_voiced_ms:
@@ -218,15 +229,10 @@ class LiteSession:
             or self.speaking
         ):
             return
-        part = asr.finish().strip()
-        if part:
-            self._heard_so_far.append(part)
-        question = " ".join(self._heard_so_far).strip()
-        if not question:
-            return
-        self.speculated.append(question)
+        self._heard_so_far.append(asr.finish_soon())
         self._speculated_at_voiced_ms = turns.voiced_ms
-        self._speculative = self._launch(question)
+        self._speculative = self._launch(list(self._heard_so_far))
+        self._speculations.append(self._speculative)
 
     def _drop_speculation(self, keep_text: bool = False) -> None:
         speculative, self._speculative = self._speculative, None
@@ -235,24 +241,28 @@ class LiteSession:
         if not keep_text:
             self._heard_so_far = []
 
-    def _start_reply(self, question: str) -> None:
+    def _adopt(self, reply: Reply) -> None:
+        """``reply`` is the answer to the turn that just ended: speak it."""
         self._stop_reply()
-        reply = self._launch(question)
         with self._lock:
             self._reply = reply
+        self._unannounced = reply
 
-    def _launch(self, question: str) -> Reply:
-        """Start writing and speaking a reply to ``question`` in the background."""
+    def _launch(self, parts: list[Transcript]) -> Reply:
+        """Start writing and speaking a reply to the question in ``parts`` in the background."""
         messages = [{"role": "system", "content": self._system}]
         if self._config.memory_turns:
             for asked, answered in self._history:
                 messages.append({"role": "user", "content": asked})
                 messages.append({"role": "assistant", "content": answered})
-        messages.append({"role": "user", "content": question})
-        reply = Reply(question, self._config.max_reply_sentences)
+
+        def prompt(question: str) -> list[dict[str, str]]:
+            return [*messages, {"role": "user", "content": question}]
+
+        reply = Reply(parts, self._config.max_reply_sentences)
         replica = self._replica
         self._reply_job = replica.reply_thread.submit(
-            reply.write, replica.model, replica.voice, messages
+            reply.write, replica.model, replica.voice, prompt
         )
         return reply
 
@@ -272,9 +282,11 @@ class LiteSession:
             return StepResult(listen=True, timings=timings)
         waited = time.perf_counter()
         if wait_s is None:
-            # A reply not heard yet (its turn ended in this step, or in an early step of this
-            # unit) is waited for longer than a sentence in the middle of one.
-            starting = new_reply or not reply.handed_samples
+            # A reply not heard yet is waited for longer than a sentence in the middle of
+            # one, once its question is known (only the model and the voice are left); while
+            # the recognizer is still at work the unit goes on, and an early step or the next
+            # unit hands out the first speech.
+            starting = (new_reply or not reply.handed_samples) and reply.asked.is_set()
             wait_s = _FIRST_AUDIO_TIMEOUT_S if starting else _NEXT_AUDIO_WAIT_S
         reply.wait_for_audio(wait_s)
         timings["wait_audio"] = (time.perf_counter() - waited) * 1000
@@ -282,6 +294,13 @@ class LiteSession:
         if reply.error is not None:
             self._stop_reply()
             raise reply.error
+        if reply.unheard:
+            with self._lock:
+                if self._reply is reply:
+                    self._reply = None
+            return StepResult(listen=True, timings=timings)
+        if audio.size == 0 and not reply.handed_samples:
+            return StepResult(listen=True, timings=timings)
         done = reply.exhausted
         if done:
             with self._lock:

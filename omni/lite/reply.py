@@ -1,6 +1,10 @@
 """One spoken reply: generated in the background, sentence by sentence, and handed out a
 unit at a time.
 
+The question comes as transcripts still on their way from the recognizer: the reply thread
+waits for them, so the replica's thread never does (a whole-utterance recognizer takes a
+while, and the call's units must keep going meanwhile).
+
 The language model streams tokens; each finished sentence goes to speech synthesis at once,
 so the first sentence can play while the rest is still being written.  ``cancel`` (barge-in)
 stops the model and the synthesis at the next token or sentence.
@@ -12,12 +16,14 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
 from omni.api import OUTPUT_RATE
+from omni.lite.asr import Transcript
 from omni.lite.llm import ReplyModel
 from omni.lite.tts import Voice
 
@@ -62,12 +68,20 @@ class _Chunk:
     offset: int = 0
 
 
+Prompt = Callable[[str], list[dict[str, str]]]
+"""The chat messages that ask a question."""
+
+
 @dataclass
 class Reply:
     """Written and spoken on the reply thread; read a unit at a time on the replica thread."""
 
-    question: str
+    parts: Sequence[Transcript]
+    """The question, as the transcripts of its pieces (in order)."""
     max_sentences: int
+    question: str = ""
+    """The question's text, once its transcripts have come (``asked`` is set then)."""
+    asked: threading.Event = field(default_factory=threading.Event)
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
     text: str = ""
@@ -89,7 +103,12 @@ class Reply:
 
     # ---------------------------------------------------------------- reply thread
 
-    def write(self, model: ReplyModel, voice: Voice, messages: list[dict[str, str]]) -> None:
+    @property
+    def unheard(self) -> bool:
+        """Its transcripts came, and held no words: there is nothing to answer."""
+        return self.asked.is_set() and not self.question
+
+    def write(self, model: ReplyModel, voice: Voice, prompt: Prompt) -> None:
         pending = ""
         spoken = 0
 
@@ -107,7 +126,12 @@ class Reply:
             return self.cancelled.is_set()
 
         try:
-            generation = model.generate(messages, on_text)
+            texts = [part.result().strip() for part in self.parts]
+            self.question = " ".join(t for t in texts if t)
+            self.asked.set()
+            if not self.question or self.cancelled.is_set():
+                return
+            generation = model.generate(prompt(self.question), on_text)
             self.text = generation.text
             self.stats.first_token_ms = generation.first_token_ms
             self.stats.tokens = generation.tokens
@@ -118,6 +142,7 @@ class Reply:
         except BaseException as exc:
             self.error = exc
         finally:
+            self.asked.set()
             with self._ready:
                 self.finished.set()
                 self._ready.notify_all()
