@@ -97,7 +97,10 @@ class SpeechRecognizer:
         self._threads = threads
         self._conn: Connection | None = None
         self._process: Any = None
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        """Held while reading answers; sending never waits for it (a reply thread may be
+        waiting for a transcript while the replica's thread sends the next audio)."""
         self._waiting: deque[Transcript] = deque()
         self.name = ""
         """The recognizer the worker runs (known once started)."""
@@ -130,15 +133,20 @@ class SpeechRecognizer:
     def feed(self, audio: NDArray[np.float32]) -> None:
         """Stream the person's audio (16 kHz mono float32) into the current utterance."""
         pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-        self._send(("audio", pcm))
+        self._post(("audio", pcm))
 
     def finish_soon(self) -> Transcript:
         """End the utterance now (later audio starts the next one); its transcript comes
         while the caller goes on: a whole-utterance recognizer takes a while."""
-        with self._lock:
-            self._send(("finish", None))
-            transcript = Transcript(self)
+        transcript = Transcript(self)
+        with self._send_lock:
+            # Waiting before it is asked for: its answer may be read the moment it is sent.
             self._waiting.append(transcript)
+            try:
+                self._send(("finish", None))
+            except EngineError:
+                self._waiting.remove(transcript)
+                raise
         return transcript
 
     def finish(self) -> str:
@@ -146,12 +154,12 @@ class SpeechRecognizer:
         return self.finish_soon().result()
 
     def abort(self) -> None:
-        self._send(("abort", None))
+        self._post(("abort", None))
 
     def stats(self) -> tuple[float, float]:
         """(seconds spent decoding, seconds of audio decoded) so far."""
-        with self._lock:
-            self._send(("stats", None))
+        with self._read_lock:
+            self._post(("stats", None))
             busy, audio = self._read_until("stats", _REPLY_TIMEOUT_S)
         return float(busy), float(audio)
 
@@ -169,7 +177,12 @@ class SpeechRecognizer:
         while self._waiting:
             self._waiting.popleft()._settle(None, gone)
 
+    def _post(self, message: tuple[str, Any]) -> None:
+        with self._send_lock:
+            self._send(message)
+
     def _send(self, message: tuple[str, Any]) -> None:
+        """Send ``message`` (the caller holds the send lock)."""
         if self._conn is None:
             raise EngineError("speech recognition is not running")
         try:
@@ -179,7 +192,7 @@ class SpeechRecognizer:
 
     def _collect(self, target: Transcript, timeout_s: float) -> None:
         """Read transcripts until ``target``'s has come, waiting at most ``timeout_s``."""
-        with self._lock:
+        with self._read_lock:
             try:
                 self._read_until(None, timeout_s, target)
             except _NotYet:

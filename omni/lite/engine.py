@@ -41,7 +41,7 @@ from omni.lite.turns import SpeechProbability, Step, TurnDetector, silero
 
 log = logging.getLogger(__name__)
 
-_FIRST_AUDIO_TIMEOUT_S = 5.0
+_FIRST_AUDIO_TIMEOUT_S = 0.8
 """How long the unit that ends a turn waits for the reply's first speech."""
 _NEXT_AUDIO_WAIT_S = 0.3
 """How long a later unit waits when the next sentence is not ready yet."""

@@ -30,14 +30,22 @@ from omni.lite.tts import Voice
 _SENTENCE_END = re.compile(r"([.!?]+)(?:\s|$)")
 _CLAUSE_END = re.compile(r"[,;:](?:\s)")
 _LONG_CLAUSE = 90
+_FIRST_CLAUSE = 16
+"""The opening words go to the voice at the first clause end after this many characters."""
 _MARKUP = re.compile(r"[*_#`>\[\]]+")
 
 
-def split_sentence(text: str) -> tuple[str, str] | None:
-    """(first sentence, rest) once ``text`` holds a finished sentence (or a long clause)."""
+def split_sentence(text: str, first: bool = False) -> tuple[str, str] | None:
+    """(first sentence, rest) once ``text`` holds a finished sentence (or a long clause);
+    ``first``: the reply's opening words, which go to the voice at their first clause (the
+    person waits for them; later sentences are made while earlier ones play)."""
     match = _SENTENCE_END.search(text)
     if match is not None and match.start() > 0:
         return text[: match.end(1)].strip(), text[match.end() :]
+    if first:
+        clause = _CLAUSE_END.search(text, _FIRST_CLAUSE)
+        if clause is not None:
+            return text[: clause.start() + 1].strip(), text[clause.end() :]
     if len(text) > _LONG_CLAUSE:
         clauses = list(_CLAUSE_END.finditer(text))
         if clauses:
@@ -111,16 +119,19 @@ class Reply:
     def write(self, model: ReplyModel, voice: Voice, prompt: Prompt) -> None:
         pending = ""
         spoken = 0
+        """Sentences spoken (an opening clause is not one)."""
+        opened = False
 
         def on_text(piece: str) -> bool:
-            nonlocal pending, spoken
+            nonlocal pending, spoken, opened
             if self.cancelled.is_set():
                 return True
             pending += piece
-            while (cut := split_sentence(pending)) is not None:
+            while (cut := split_sentence(pending, first=not opened)) is not None:
                 sentence, pending = cut
                 self._speak(voice, sentence)
-                spoken += 1
+                opened = True
+                spoken += sentence[-1:] in ".!?"
                 if spoken >= self.max_sentences:
                     return True
             return self.cancelled.is_set()

@@ -15,6 +15,7 @@ from omni.lite.config import LiteConfig
 from omni.lite.language_models import completion_prompt, find_language_model, gemma_installed
 from omni.lite.llm import ReplyModel, _chunk_text
 from omni.lite.recognizers import moonshine_model_dir, resolve_recognizer
+from omni.lite.reply import split_sentence
 from omni.lite.tts import Voice
 from tests.lite.models import Speaker
 
@@ -137,3 +138,14 @@ def test_streamed_chunks_of_either_endpoint_give_their_text() -> None:
     assert _chunk_text({"choices": [{"text": "is"}]}) == "is"
     assert _chunk_text({"content": " Paris", "stop": False}) == " Paris"
     assert _chunk_text({}) == ""
+
+
+def test_the_opening_clause_goes_to_the_voice_at_once() -> None:
+    opening = "The capital of France, as you know, is Paris"
+    assert split_sentence(opening, first=True) == (
+        "The capital of France,",
+        "as you know, is Paris",
+    )
+    assert split_sentence(opening) is None, "later sentences wait for their end"
+    assert split_sentence("Yes, it is", first=True) is None, "too short to say alone"
+    assert split_sentence("Paris. It is", first=True) == ("Paris.", "It is")
