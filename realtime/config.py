@@ -102,9 +102,9 @@ class CallConfig:
     """Failed steps in a row (raised, or a malformed result) that end the call
     (``engine_error``); its replica is then rebuilt."""
     early_pause_ms: int = 120
-    """Sub-unit turn ends: once the person has paused this long (20 ms VAD frames), an
-    engine that can (``EarlySession``) hears the unit so far, so it may answer before the
-    unit is complete."""
+    """Sub-unit turn ends: once the person has paused this long (20 ms VAD frames), and
+    until the pause is 3 s long or the service speaks, an engine that can (``EarlySession``)
+    hears the unit so far, so it may answer before the unit is complete."""
     early_every_ms: int = 40
     """How often, in media time, it hears the unit so far during such a pause; 0 = never
     (engines then hear whole units only)."""
