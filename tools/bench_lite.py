@@ -218,7 +218,9 @@ async def calls_bench(
     results = {}
     for n in loads:
         port = free_port()
-        server = omnirtc_server(port, engine="lite", OMNIRTC_ENGINE__REPLICAS=str(n), **env)
+        server = omnirtc_server(
+            port, engine="lite", start_timeout_s=300, OMNIRTC_ENGINE__REPLICAS=str(n), **env
+        )
         async with server:
             assert server.proc is not None
             _, idle_rss = tree_usage(server.proc.pid)

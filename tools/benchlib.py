@@ -179,6 +179,8 @@ class ServerProcess:
     env: dict[str, str]
     ready_url: str
     proc: asyncio.subprocess.Process | None = None
+    start_timeout_s: float = 15.0
+    """How long the server may take to be ready (engines warm up first)."""
 
     async def __aenter__(self) -> ServerProcess:
         self.proc = await asyncio.create_subprocess_exec(
@@ -188,8 +190,9 @@ class ServerProcess:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
+        deadline = time.monotonic() + self.start_timeout_s
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):
+            while time.monotonic() < deadline:
                 with contextlib.suppress(aiohttp.ClientError):
                     async with http.get(self.ready_url) as r:
                         if r.status == 200:
@@ -213,11 +216,14 @@ class ServerProcess:
         return float(times.user + times.system)
 
 
-def omnirtc_server(port: int, engine: str = "echo", **env: str) -> ServerProcess:
+def omnirtc_server(
+    port: int, engine: str = "echo", start_timeout_s: float = 15.0, **env: str
+) -> ServerProcess:
     return ServerProcess(
         [sys.executable, "-m", "signaling", "serve", "--port", str(port), "--engine", engine],
         {"OMNIRTC_SERVER__MAX_CALLS": "20", "OMNIRTC_LOGGING__LEVEL": "WARNING", **env},
         f"http://127.0.0.1:{port}/readyz",
+        start_timeout_s=start_timeout_s,
     )
 
 
