@@ -60,19 +60,12 @@ def _serve(conn: Connection, name: str, threads: int) -> None:
 
 
 class Transcript:
-    """A transcript on its way from the worker: ask ``done()`` without waiting, or wait for
-    ``result()`` (from any thread)."""
+    """A transcript on its way from the worker; ``result()`` waits for it (from any thread)."""
 
     def __init__(self, owner: SpeechRecognizer) -> None:
         self._owner = owner
         self._text: str | None = None
         self._error: EngineError | None = None
-
-    def done(self) -> bool:
-        """Whether it has come (reads what the worker has sent, without waiting)."""
-        if self._text is None and self._error is None:
-            self._owner._collect(self, 0.0)
-        return self._text is not None or self._error is not None
 
     def result(self, timeout_s: float = _REPLY_TIMEOUT_S) -> str:
         """The text ('' when nothing was heard); raises EngineError if the worker failed."""
@@ -193,10 +186,7 @@ class SpeechRecognizer:
     def _collect(self, target: Transcript, timeout_s: float) -> None:
         """Read transcripts until ``target``'s has come, waiting at most ``timeout_s``."""
         with self._read_lock:
-            try:
-                self._read_until(None, timeout_s, target)
-            except _NotYet:
-                return
+            self._read_until(None, timeout_s, target)
 
     def _read_until(
         self, kind: str | None, timeout_s: float, target: Transcript | None = None
@@ -211,8 +201,6 @@ class SpeechRecognizer:
             if conn is None:
                 raise EngineError("speech recognition is not running")
             if not conn.poll(max(0.0, deadline - time.monotonic())):
-                if timeout_s <= 0:
-                    raise _NotYet("no transcript yet")
                 # Its late answer would be read as the answer to the next question: stop the
                 # worker; the replica is rebuilt with a new one.
                 self.close(wait_s=0)
@@ -227,7 +215,3 @@ class SpeechRecognizer:
                 return payload
             else:
                 raise EngineError(f"speech recognition answered {got!r}, expected {kind!r}")
-
-
-class _NotYet(EngineError):
-    """Nothing has come from the worker yet (a look without waiting)."""

@@ -4,6 +4,8 @@ recognizers, both language models, how ``auto`` picks, and the prompt a pretrain
 from __future__ import annotations
 
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -149,3 +151,31 @@ def test_the_opening_clause_goes_to_the_voice_at_once() -> None:
     assert split_sentence(opening) is None, "later sentences wait for their end"
     assert split_sentence("Yes, it is", first=True) is None, "too short to say alone"
     assert split_sentence("Paris. It is", first=True) == ("Paris.", "It is")
+
+
+def test_the_next_audio_goes_while_another_thread_waits_for_a_transcript(
+    speaker: Speaker,
+) -> None:
+    """The reply thread waits for a transcript while the replica's thread sends the next
+    audio: sending never waits for the reader, and each transcript goes to its own waiter."""
+    recognizer = SpeechRecognizer("auto", threads=1)
+    recognizer.start()
+    try:
+        first, second = speaker.say("What is the capital of France?"), speaker.say("Hello there.")
+        recognizer.feed(first)
+        began = time.monotonic()
+        pending = recognizer.finish_soon()
+        assert time.monotonic() - began < 0.1, "finishing does not wait for the transcript"
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(pending.result()))
+        reader.start()
+        time.sleep(0.02)
+        began = time.monotonic()
+        recognizer.feed(second)
+        later = recognizer.finish_soon()
+        assert time.monotonic() - began < 0.1, "sending waited for the reader"
+        reader.join(30)
+        assert {"capital", "france"} <= _words(got[0]), got
+        assert "hello" in _words(later.result()) and "france" not in _words(later.result())
+    finally:
+        recognizer.close()
