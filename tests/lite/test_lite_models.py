@@ -63,27 +63,37 @@ def test_each_recognizer_transcribes_a_spoken_question(name: str, speaker: Speak
 
 
 def test_moonshine_hears_what_pocketsphinx_misses(speaker: Speaker) -> None:
-    """Why Moonshine is the default: a voice unlike the ones pocketsphinx was trained on (the
-    same Piper voice, 25 % faster) is heard right by Moonshine only (BENCHMARKS.md has the
-    word error rates over 60 questions)."""
+    """Why Moonshine is the default: with the voice 25 % faster than Piper's own, over four
+    questions, Moonshine hears nearly every word and pocketsphinx clearly fewer
+    (BENCHMARKS.md has the word error rates over 60 questions in two voices)."""
     if not _moonshine_installed():
         pytest.skip("moonshine-cpp has no wheel for this platform")
     fast = Voice(threads=1, speech_rate=1.25)
     fast.load()
-    text = "How many legs does a spider have?"
-    audio = soxr.resample(fast.synthesize(text), 24_000, INPUT_RATE).astype(np.float32)
-    results = {}
+    texts = [
+        "How many legs does a spider have?",
+        "Which planet is known as the red planet?",
+        "What is the tallest animal in the world?",
+        "Who painted the Mona Lisa?",
+    ]
+    spoken = [
+        soxr.resample(fast.synthesize(t), 24_000, INPUT_RATE).astype(np.float32) for t in texts
+    ]
+    hits = {}
     for name in ("moonshine", "pocketsphinx"):
         recognizer = SpeechRecognizer(name)
         recognizer.start()
         try:
-            recognizer.feed(audio)
-            results[name] = _words(recognizer.finish())
+            found = 0
+            for text, audio in zip(texts, spoken, strict=True):
+                recognizer.feed(audio)
+                found += len(_words(recognizer.finish()) & _words(text))
+            hits[name] = found
         finally:
             recognizer.close()
-    expected = _words(text)
-    assert len(results["moonshine"] & expected) >= len(expected) - 1, results
-    assert len(results["moonshine"] & expected) > len(results["pocketsphinx"] & expected), results
+    total = sum(len(_words(t)) for t in texts)
+    assert hits["moonshine"] >= total - 3, hits
+    assert hits["moonshine"] >= hits["pocketsphinx"] + 3, (hits, total)
 
 
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
