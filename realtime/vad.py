@@ -62,12 +62,6 @@ class SpeechDetector:
         return self._voiced_frames * VAD_FRAME_MS if self._speaking else 0
 
     @property
-    def pause_ms(self) -> int:
-        """Unvoiced audio since the last voiced frame of the current speech (0 when not
-        speaking, or while voiced): a pause that may be the end of the person's turn."""
-        return self._silent_run * VAD_FRAME_MS if self._speaking else 0
-
-    @property
     def speech_ms(self) -> int:
         """How long the current speech has lasted (0 when not speaking)."""
         if not self._speaking:

@@ -164,3 +164,18 @@ def test_voiced_ms_counts_talk_not_the_pause_after_it() -> None:
     talk = SpeechDetector(VadConfig())
     talk.feed(np.concatenate([silence(0.3, 16_000), speechlike(1.0, 16_000, seed=5)]))
     assert talk.voiced_ms >= 600
+
+
+def test_the_pause_after_speech_is_counted_past_the_end_of_the_segment() -> None:
+    """``since_speech_ms`` (when a call asks for early steps): None before any speech, 0
+    while voiced, then the quiet since the last voiced frame, also after ``stopped``."""
+    detector = SpeechDetector(VadConfig(stop_ms=600))
+    feed_all(detector, silence(1.0, RATE))
+    assert detector.since_speech_ms is None
+    feed_all(detector, speechlike(1.0, RATE, seed=2))
+    assert detector.since_speech_ms is not None and detector.since_speech_ms < 200
+    feed_all(detector, silence(0.3, RATE))
+    assert 200 <= detector.since_speech_ms <= 500 and detector.speaking
+    feed_all(detector, silence(1.0, RATE))
+    assert not detector.speaking, "the segment stopped"
+    assert 1200 <= detector.since_speech_ms <= 1500
