@@ -35,8 +35,8 @@ class LiteConfig:
     end_pause_ms: int = 500
     """Silence after speech that ends the person's turn."""
     speculate_after_ms: int = 200
-    """A unit that ends in a pause at least this long (but shorter than end_pause_ms) starts
-    recognising and answering the turn already; 0 = never."""
+    """A pause at least this long (but shorter than end_pause_ms), heard in a unit or an
+    early step, starts recognising and answering the turn already; 0 = never."""
     min_speech_ms: int = 250
     """Voiced audio below this is a noise, not a turn."""
     vad_threshold: float = 0.5

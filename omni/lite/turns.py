@@ -1,4 +1,5 @@
-"""Turn-taking from voice activity (Silero VAD) at unit granularity.
+"""Turn-taking from voice activity (Silero VAD), on whatever audio a step brings (a unit, or
+the new part of a unit in an early step).
 
 Fed each unit's audio, the detector says which audio belongs to the person's current turn
 (with 300 ms before the first voiced frame, so recognition hears the onset), and whether the
