@@ -28,10 +28,10 @@ _START_TIMEOUT_S = 60.0
 _REPLY_TIMEOUT_S = 30.0
 
 
-def _serve(conn: Connection, name: str, threads: int) -> None:
+def _serve(conn: Connection, name: str, threads: int, cache_dir: str) -> None:
     """The worker process: one recognizer, commands in order from ``conn``."""
     try:
-        recognizer = make_recognizer(name, threads)
+        recognizer = make_recognizer(name, threads, cache_dir)
     except Exception as exc:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -85,9 +85,10 @@ class SpeechRecognizer:
     worker under a lock, and every transcript that arrives first is handed to its own
     ``Transcript`` on the way."""
 
-    def __init__(self, name: str = "auto", threads: int = 1) -> None:
+    def __init__(self, name: str = "auto", threads: int = 1, cache_dir: str = "") -> None:
         self._name = name
         self._threads = threads
+        self._cache_dir = cache_dir
         self._conn: Connection | None = None
         self._process: Any = None
         self._send_lock = threading.Lock()
@@ -103,7 +104,7 @@ class SpeechRecognizer:
         parent, child = context.Pipe()
         process = context.Process(
             target=_serve,
-            args=(child, self._name, self._threads),
+            args=(child, self._name, self._threads, self._cache_dir),
             name="omnirtc-asr",
             daemon=True,
         )

