@@ -353,7 +353,13 @@ class LiteReplica:
         self.model.load()
         self.voice.load()
         self.voice.synthesize("Hello.")
-        self.model.generate([{"role": "user", "content": "Hi"}], lambda _: True)
+        # The prompt's fixed head (the system prompt, and a pretrained model's examples) is
+        # computed now and kept: each question only adds its own words to it.
+        greeting = [
+            {"role": "system", "content": self.config.system_prompt},
+            {"role": "user", "content": "Hi"},
+        ]
+        self.model.generate(greeting, lambda _: True)
         self.asr.feed(np.zeros(INPUT_RATE // 2, dtype=np.float32))
         self.asr.finish()
         silero()(bytes(1024))

@@ -67,6 +67,10 @@ class ReplyModel:
         params.model.path = str(self.model.path)
         params.n_ctx = 2048
         params.n_parallel = 1
+        # Gemma 3 attends to a sliding window in most layers; llama.cpp keeps only that window
+        # for them unless told otherwise, and then cannot reuse a cached prompt: every question
+        # recomputed the whole example-laden prompt (first token 540 ms against 80-120 ms).
+        params.swa_full = True
         params.cpuparams.n_threads = self._threads
         params.cpuparams_batch.n_threads = self._threads
         # Threads wait for work asleep, not polling: polling threads fight every other busy
