@@ -10,6 +10,7 @@ comes, a whole-utterance one (Moonshine) keeps it until the turn ends.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import threading
 import time
@@ -24,6 +25,8 @@ from omni.api import INPUT_RATE, EngineError
 from omni.errors import EngineUnavailable
 from omni.lite.recognizers import make_recognizer
 
+log = logging.getLogger(__name__)
+
 _START_TIMEOUT_S = 60.0
 _REPLY_TIMEOUT_S = 30.0
 
@@ -37,7 +40,7 @@ def _serve(conn: Connection, name: str, threads: int, cache_dir: str) -> None:
         return
     busy_s = 0.0
     audio_s = 0.0
-    conn.send(("ready", recognizer.name))
+    conn.send(("ready", (recognizer.name, recognizer.warning)))
     while True:
         try:
             command, payload = conn.recv()
@@ -122,7 +125,9 @@ class SpeechRecognizer:
         if got != "ready":
             self.close()
             raise EngineUnavailable(f"speech recognition could not start: {payload}")
-        self.name = str(payload)
+        self.name, warning = payload
+        if warning:
+            log.warning("speech recognition (%s): %s", self.name, warning)
 
     def feed(self, audio: NDArray[np.float32]) -> None:
         """Stream the person's audio (16 kHz mono float32) into the current utterance."""

@@ -7,6 +7,7 @@ build it and the last move wins (the files are the same)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -35,12 +36,13 @@ def build_once(
     with _building:
         if target.is_file() and ready(target):
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             build(partial)
             os.replace(partial, target)
         except (OSError, ValueError) as exc:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
             raise EngineUnavailable(f"could not make {what} ({target}): {exc}") from None
     return target

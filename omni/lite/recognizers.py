@@ -44,6 +44,8 @@ class Recognizer(Protocol):
     """Transcribes one utterance at a time (16 kHz mono float32 in, text out)."""
 
     name: str
+    warning: str
+    """Set when it runs, but not as well as it should (for the server's log)."""
 
     def feed(self, audio: NDArray[np.float32]) -> None: ...
 
@@ -135,6 +137,7 @@ def _pcm16(audio: NDArray[np.float32]) -> bytes:
 
 class SphinxRecognizer:
     name = "pocketsphinx"
+    warning = ""
 
     def __init__(self) -> None:
         from pocketsphinx import Config, Decoder
@@ -173,7 +176,15 @@ class MoonshineRecognizer:
         from moonshine_onnx.model import MoonshineOnnxModel
         from moonshine_onnx.transcribe import load_tokenizer
 
-        files = moonshine_onnx_files(configured_cache_dir)
+        self.warning = ""
+        try:
+            files = moonshine_onnx_files(configured_cache_dir)
+        except EngineUnavailable as exc:
+            # A cache folder it cannot write (a read-only home, say): the wheel's own files
+            # give the same transcripts, only slower.
+            folder = moonshine_model_dir()
+            files = {stem: folder / f"{stem}.ort" for stem in _MOONSHINE_STEMS}
+            self.warning = f"{exc}; running the .ort files as they are (about 3x slower)"
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

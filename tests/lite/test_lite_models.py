@@ -3,9 +3,11 @@ recognizers, both language models, how ``auto`` picks, and the prompt a pretrain
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,6 +96,26 @@ def test_moonshine_hears_what_pocketsphinx_misses(speaker: Speaker) -> None:
     total = sum(len(_words(t)) for t in texts)
     assert hits["moonshine"] >= total - 3, hits
     assert hits["moonshine"] >= hits["pocketsphinx"] + 3, (hits, total)
+
+
+def test_moonshine_runs_its_ort_files_when_no_cache_can_be_written(
+    speaker: Speaker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not _moonshine_installed():
+        pytest.skip("moonshine-cpp has no wheel for this platform")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    recognizer = SpeechRecognizer("moonshine", threads=1, cache_dir=str(blocked / "cache"))
+    with caplog.at_level(logging.WARNING, logger="omni.lite.asr"):
+        recognizer.start()
+    try:
+        recognizer.feed(speaker.say("What is the capital of France?"))
+        heard = recognizer.finish()
+    finally:
+        recognizer.close()
+    assert {"capital", "france"} <= _words(heard), heard
+    assert "running the .ort files as they are" in caplog.text
+    assert "could not make Moonshine's encoder_model as ONNX" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
