@@ -1,8 +1,8 @@
 """Benchmark of the `lite` CPU engine.
 
 1. Stages, in this process, over spoken questions (Piper): real-time factor of the VAD, of
-   recognition (pocketsphinx, in its worker process) and of speech synthesis, and the language
-   model's tokens per second and time to first token.
+   recognition (the configured recognizer, in its worker process) and of speech synthesis,
+   and the language model's tokens per second and time to first token.
 2. Calls through a server in its own process (aiortc client, immediate jitter buffer): time from
    the end of the person's speech (last frame of the question leaving the client) to the first
    frame of the reply arriving, p50/p95; server CPU and memory (with its recognizer workers);

