@@ -12,6 +12,11 @@ from numpy.typing import NDArray
 
 from omni.api import OUTPUT_RATE, EngineUnavailable
 
+_LEAD_MS = 10
+"""Quiet kept before the first sound of each piece of speech."""
+_ONSET = 0.01
+"""The first sound: the first sample above this share of the piece's peak."""
+
 
 class Voice:
     def __init__(self, threads: int, speech_rate: float) -> None:
@@ -59,6 +64,7 @@ class Voice:
         if not parts:
             return np.zeros(0, dtype=np.float32)
         audio = np.concatenate(parts).astype(np.float32)
+        audio = _trim_lead(audio, self.rate)
         out: NDArray[np.float32] = soxr.resample(audio, self.rate, OUTPUT_RATE).astype(np.float32)
         self.busy_s += time.perf_counter() - began
         self.audio_s += out.size / OUTPUT_RATE
@@ -66,3 +72,14 @@ class Voice:
 
     def close(self) -> None:
         self._voice = None
+
+
+def _trim_lead(audio: NDArray[np.float32], rate: int) -> NDArray[np.float32]:
+    """``audio`` without the quiet Piper puts before the first sound (about 50 ms: dead air
+    before every reply), keeping ``_LEAD_MS`` of it."""
+    magnitude = np.abs(audio)
+    peak = float(magnitude.max(initial=0.0))
+    if peak <= 0.0:
+        return audio
+    onset = int(np.argmax(magnitude > _ONSET * peak))
+    return audio[max(0, onset - rate * _LEAD_MS // 1000) :]

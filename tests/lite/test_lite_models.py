@@ -20,7 +20,7 @@ from omni.lite.language_models import completion_prompt, find_language_model, ge
 from omni.lite.llm import ReplyModel, _chunk_text
 from omni.lite.recognizers import moonshine_model_dir, resolve_recognizer
 from omni.lite.reply import split_sentence
-from omni.lite.tts import Voice
+from omni.lite.tts import Voice, _trim_lead
 from tests.lite.models import Speaker
 
 
@@ -139,6 +139,29 @@ def test_each_language_model_answers_a_simple_question(name: str) -> None:
     assert "paris" in generation.text.lower(), generation.text
     assert "".join(pieces).strip() == generation.text
     assert "\n" not in generation.text and "User:" not in generation.text
+
+
+def test_the_voice_starts_speaking_at_once() -> None:
+    voice = Voice(threads=1, speech_rate=1.0)
+    voice.load()
+    for text in ("The capital of France is Paris.", "It is cold."):
+        audio = voice.synthesize(text)
+        loud = np.abs(audio) > 0.01 * np.abs(audio).max()
+        # Piper's own output starts with about 50 ms of quiet; 10 ms of it is kept.
+        assert 5 <= np.argmax(loud) * 1000 / 24_000 <= 15, text
+        assert audio.size > 0.5 * 24_000
+
+
+def test_only_the_quiet_before_the_first_sound_is_trimmed() -> None:
+    rate = 22_050
+    t = np.arange(rate // 2) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    quiet = np.full(rate // 10, 1e-4, dtype=np.float32)
+    trimmed = _trim_lead(np.concatenate([quiet, tone, quiet]), rate)
+    assert trimmed.size == rate // 100 + tone.size + quiet.size - 1
+    np.testing.assert_array_equal(trimmed[-quiet.size :], quiet)
+    silence = np.zeros(rate, dtype=np.float32)
+    assert _trim_lead(silence, rate).size == rate
 
 
 def test_auto_picks_the_best_installed_models() -> None:
