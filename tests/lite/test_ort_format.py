@@ -16,6 +16,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
 from omni.api import EngineUnavailable  # noqa: E402
+from omni.lite import recognizers  # noqa: E402
 from omni.lite.ort_format import OrtFormatError, convert_ort_to_onnx  # noqa: E402
 from omni.lite.recognizers import moonshine_model_dir, moonshine_onnx_files  # noqa: E402
 
@@ -144,6 +145,21 @@ def test_a_file_that_is_not_an_ort_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OrtFormatError, match="not an ORT-format model"):
         convert_ort_to_onnx(onnx_file, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_without_onnx_moonshine_stays_available_and_only_the_conversion_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    try:
+        moonshine_model_dir()
+    except EngineUnavailable:
+        pytest.skip("moonshine-cpp has no wheel for this platform")
+    real = recognizers._installed
+    monkeypatch.setattr(recognizers, "_installed", lambda module: module != "onnx" and real(module))
+    assert recognizers.resolve_recognizer("auto") == "moonshine"
+    with pytest.raises(EngineUnavailable, match="needs the onnx package"):
+        moonshine_onnx_files(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_moonshine_as_onnx_computes_what_its_ort_files_compute(tmp_path: Path) -> None:
