@@ -61,7 +61,10 @@ CYCLE_S = 9.0
 
 
 def spoken(voice: Voice, text: str, rate: int) -> NDArray[np.float32]:
-    return soxr.resample(voice.synthesize(text), OUTPUT_RATE, rate).astype(np.float32)
+    """``text`` said by Piper, ending at its last sound: the "end of speech" the replies are
+    timed from (Piper's own 150-190 ms of quiet after it would hide as much of their wait)."""
+    audio = voice.synthesize(text, tail_ms=0)
+    return soxr.resample(audio, OUTPUT_RATE, rate).astype(np.float32)
 
 
 # ---------------------------------------------------------------- 1. stages

@@ -48,7 +48,7 @@ from omni.api import INPUT_RATE, OUTPUT_RATE
 from omni.lite.asr import SpeechRecognizer
 from omni.lite.config import DEFAULT_SYSTEM_PROMPT, LiteConfig
 from omni.lite.llm import ReplyModel
-from omni.lite.reply import split_sentence
+from omni.lite.phrases import next_piece
 from omni.lite.tts import Voice
 from tools.benchlib import pct
 
@@ -203,7 +203,7 @@ def answer(model: ReplyModel, answers: Answers, question: str) -> str:
     def on_text(piece: str) -> bool:
         nonlocal text
         text += piece
-        if not first and split_sentence(text) is not None:
+        if not first and next_piece(text) is not None:
             first.append((time.perf_counter() - began) * 1000)
         return text.count(".") + text.count("?") + text.count("!") >= config.max_reply_sentences
 

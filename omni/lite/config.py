@@ -51,6 +51,10 @@ class LiteConfig:
     with very few."""
     max_reply_tokens: int = 48
     max_reply_sentences: int = 2
+    first_words: int = 4
+    """The reply's first words go to the voice once this many are written, cut where a
+    phrase can end, without waiting for the sentence (the person hears it sooner; the rest
+    of the sentence follows without a pause); 0 = wait for the first clause or sentence."""
     temperature: float = 0.0
     """0 = greedy (the small model rambles when sampling)."""
     speech_rate: float = 1.0
@@ -83,6 +87,7 @@ class LiteConfig:
         require(0 <= self.memory_turns <= 8, "memory_turns must be 0..8")
         require(4 <= self.max_reply_tokens <= 512, "max_reply_tokens must be 4..512")
         require(1 <= self.max_reply_sentences <= 20, "max_reply_sentences must be 1..20")
+        require(0 <= self.first_words <= 32, "first_words must be 0..32")
         require(0 <= self.temperature <= 2, "temperature must be 0..2")
         require(0.5 <= self.speech_rate <= 2, "speech_rate must be 0.5..2")
         require(2 <= self.max_turn_s <= 120, "max_turn_s must be 2..120")

@@ -259,7 +259,7 @@ class LiteSession:
         def prompt(question: str) -> list[dict[str, str]]:
             return [*messages, {"role": "user", "content": question}]
 
-        reply = Reply(parts, self._config.max_reply_sentences)
+        reply = Reply(parts, self._config.max_reply_sentences, self._config.first_words)
         replica = self._replica
         self._reply_job = replica.reply_thread.submit(
             reply.write, replica.model, replica.voice, prompt

@@ -12,7 +12,6 @@ stops the model and the synthesis at the next token or sentence.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import deque
@@ -25,37 +24,12 @@ from numpy.typing import NDArray
 from omni.api import OUTPUT_RATE
 from omni.lite.asr import Transcript
 from omni.lite.llm import ReplyModel
+from omni.lite.phrases import Ending, next_piece, speakable
 from omni.lite.tts import Voice
 
-_SENTENCE_END = re.compile(r"([.!?]+)(?:\s|$)")
-_CLAUSE_END = re.compile(r"[,;:](?:\s)")
-_LONG_CLAUSE = 90
-_FIRST_CLAUSE = 16
-"""The opening words go to the voice at the first clause end after this many characters."""
-_MARKUP = re.compile(r"[*_#`>\[\]]+")
-
-
-def split_sentence(text: str, first: bool = False) -> tuple[str, str] | None:
-    """(first sentence, rest) once ``text`` holds a finished sentence (or a long clause);
-    ``first``: the reply's opening words, which go to the voice at their first clause (the
-    person waits for them; later sentences are made while earlier ones play)."""
-    match = _SENTENCE_END.search(text)
-    if match is not None and match.start() > 0:
-        return text[: match.end(1)].strip(), text[match.end() :]
-    if first:
-        clause = _CLAUSE_END.search(text, _FIRST_CLAUSE)
-        if clause is not None:
-            return text[: clause.start() + 1].strip(), text[clause.end() :]
-    if len(text) > _LONG_CLAUSE:
-        clauses = list(_CLAUSE_END.finditer(text))
-        if clauses:
-            last = clauses[-1]
-            return text[: last.start() + 1].strip(), text[last.end() :]
-    return None
-
-
-def speakable(text: str) -> str:
-    return " ".join(_MARKUP.sub(" ", text).split())
+_TAIL_MS = {Ending.SENTENCE: None, Ending.CLAUSE: 150, Ending.WORDS: 40}
+"""Quiet kept after a piece of speech, by how its text ended (None: the voice's own, about
+150-190 ms): a cut between words is followed by the rest of its phrase without a pause."""
 
 
 @dataclass(slots=True)
@@ -87,6 +61,9 @@ class Reply:
     parts: Sequence[Transcript]
     """The question, as the transcripts of its pieces (in order)."""
     max_sentences: int
+    first_words: int = 0
+    """The opening words go to the voice once this many are written (0: at their first
+    clause or sentence end); see ``omni.lite.phrases``."""
     question: str = ""
     """The question's text, once its transcripts have come (``asked`` is set then)."""
     asked: threading.Event = field(default_factory=threading.Event)
@@ -122,16 +99,16 @@ class Reply:
         """Sentences spoken (an opening clause is not one)."""
         opened = False
 
-        def on_text(piece: str) -> bool:
+        def on_text(token: str) -> bool:
             nonlocal pending, spoken, opened
             if self.cancelled.is_set():
                 return True
-            pending += piece
-            while (cut := split_sentence(pending, first=not opened)) is not None:
-                sentence, pending = cut
-                self._speak(voice, sentence)
+            pending += token
+            while (piece := next_piece(pending, not opened, self.first_words)) is not None:
+                pending = piece.rest
+                self._speak(voice, piece.text, _TAIL_MS[piece.ending])
                 opened = True
-                spoken += sentence[-1:] in ".!?"
+                spoken += piece.ending is Ending.SENTENCE
                 if spoken >= self.max_sentences:
                     return True
             return self.cancelled.is_set()
@@ -158,12 +135,12 @@ class Reply:
                 self.finished.set()
                 self._ready.notify_all()
 
-    def _speak(self, voice: Voice, sentence: str) -> None:
+    def _speak(self, voice: Voice, sentence: str, tail_ms: int | None = None) -> None:
         words = speakable(sentence)
         if not words or self.cancelled.is_set():
             return
         began = time.perf_counter()
-        audio = voice.synthesize(words)
+        audio = voice.synthesize(words, tail_ms)
         self.stats.tts_ms += (time.perf_counter() - began) * 1000
         self.stats.audio_ms += audio.size * 1000 / OUTPUT_RATE
         with self._ready:

@@ -55,8 +55,9 @@ class Voice:
         self._config = SynthesisConfig(length_scale=self._length_scale, volume=0.9)
         self.rate = int(config.sample_rate)
 
-    def synthesize(self, text: str) -> NDArray[np.float32]:
-        """Speech for ``text`` at 24 kHz (empty when there is nothing to say)."""
+    def synthesize(self, text: str, tail_ms: int | None = None) -> NDArray[np.float32]:
+        """Speech for ``text`` at 24 kHz (empty when there is nothing to say); ``tail_ms``:
+        keep at most this much quiet after its last sound (None: what the voice makes)."""
         if self._voice is None:
             raise RuntimeError("the voice is not loaded")
         began = time.perf_counter()
@@ -64,7 +65,7 @@ class Voice:
         if not parts:
             return np.zeros(0, dtype=np.float32)
         audio = np.concatenate(parts).astype(np.float32)
-        audio = _trim_lead(audio, self.rate)
+        audio = _trim_quiet(audio, self.rate, tail_ms)
         out: NDArray[np.float32] = soxr.resample(audio, self.rate, OUTPUT_RATE).astype(np.float32)
         self.busy_s += time.perf_counter() - began
         self.audio_s += out.size / OUTPUT_RATE
@@ -74,12 +75,17 @@ class Voice:
         self._voice = None
 
 
-def _trim_lead(audio: NDArray[np.float32], rate: int) -> NDArray[np.float32]:
+def _trim_quiet(
+    audio: NDArray[np.float32], rate: int, tail_ms: int | None = None
+) -> NDArray[np.float32]:
     """``audio`` without the quiet Piper puts before the first sound (about 50 ms: dead air
-    before every reply), keeping ``_LEAD_MS`` of it."""
-    magnitude = np.abs(audio)
-    peak = float(magnitude.max(initial=0.0))
-    if peak <= 0.0:
+    before every reply), keeping ``_LEAD_MS`` of it; and with at most ``tail_ms`` of the
+    quiet after the last sound (None: all of it)."""
+    loud = np.abs(audio) > _ONSET * float(np.abs(audio).max(initial=0.0))
+    if not loud.any():
         return audio
-    onset = int(np.argmax(magnitude > _ONSET * peak))
-    return audio[max(0, onset - rate * _LEAD_MS // 1000) :]
+    start = max(0, int(np.argmax(loud)) - rate * _LEAD_MS // 1000)
+    end = audio.size
+    if tail_ms is not None:
+        end = min(end, audio.size - int(np.argmax(loud[::-1])) + rate * tail_ms // 1000)
+    return audio[start:end]

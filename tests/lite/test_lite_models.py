@@ -19,8 +19,7 @@ from omni.lite.config import LiteConfig
 from omni.lite.language_models import completion_prompt, find_language_model, gemma_installed
 from omni.lite.llm import ReplyModel, _chunk_text
 from omni.lite.recognizers import moonshine_model_dir, resolve_recognizer
-from omni.lite.reply import split_sentence
-from omni.lite.tts import Voice, _trim_lead
+from omni.lite.tts import Voice, _trim_quiet
 from tests.lite.models import Speaker
 
 
@@ -150,18 +149,32 @@ def test_the_voice_starts_speaking_at_once() -> None:
         # Piper's own output starts with about 50 ms of quiet; 10 ms of it is kept.
         assert 5 <= np.argmax(loud) * 1000 / 24_000 <= 15, text
         assert audio.size > 0.5 * 24_000
+    # A piece cut between words keeps 40 ms of quiet after it, not Piper's 100-200 ms.
+    assert _tail_ms(voice.synthesize("The capital of France")) > 80
+    assert 30 <= _tail_ms(voice.synthesize("The capital of France", tail_ms=40)) <= 50
 
 
-def test_only_the_quiet_before_the_first_sound_is_trimmed() -> None:
+def _tail_ms(audio: np.ndarray) -> float:
+    loud = np.abs(audio) > 0.01 * np.abs(audio).max()
+    return float(np.argmax(loud[::-1])) * 1000 / 24_000
+
+
+def test_the_quiet_around_the_sound_is_trimmed_as_asked() -> None:
     rate = 22_050
     t = np.arange(rate // 2) / rate
     tone = (0.5 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
     quiet = np.full(rate // 10, 1e-4, dtype=np.float32)
-    trimmed = _trim_lead(np.concatenate([quiet, tone, quiet]), rate)
-    assert trimmed.size == rate // 100 + tone.size + quiet.size - 1
+    audio = np.concatenate([quiet, tone, quiet])
+    trimmed = _trim_quiet(audio, rate)
+    assert trimmed.size == rate // 100 + tone.size + quiet.size - 1, "the tail is kept"
     np.testing.assert_array_equal(trimmed[-quiet.size :], quiet)
+    short = _trim_quiet(audio, rate, tail_ms=40)
+    np.testing.assert_array_equal(short, trimmed[: short.size])
+    tail = short.size - (rate // 100 + tone.size - 1)
+    assert abs(tail - rate * 40 // 1000) <= 2, tail
+    assert _trim_quiet(audio, rate, tail_ms=1000).size == trimmed.size
     silence = np.zeros(rate, dtype=np.float32)
-    assert _trim_lead(silence, rate).size == rate
+    assert _trim_quiet(silence, rate, tail_ms=0).size == rate
 
 
 def test_auto_picks_the_best_installed_models() -> None:
@@ -199,17 +212,6 @@ def test_streamed_chunks_of_either_endpoint_give_their_text() -> None:
     assert _chunk_text({"choices": [{"text": "is"}]}) == "is"
     assert _chunk_text({"content": " Paris", "stop": False}) == " Paris"
     assert _chunk_text({}) == ""
-
-
-def test_the_opening_clause_goes_to_the_voice_at_once() -> None:
-    opening = "The capital of France, as you know, is Paris"
-    assert split_sentence(opening, first=True) == (
-        "The capital of France,",
-        "as you know, is Paris",
-    )
-    assert split_sentence(opening) is None, "later sentences wait for their end"
-    assert split_sentence("Yes, it is", first=True) is None, "too short to say alone"
-    assert split_sentence("Paris. It is", first=True) == ("Paris.", "It is")
 
 
 def test_the_next_audio_goes_while_another_thread_waits_for_a_transcript(
