@@ -101,7 +101,7 @@ class CallConfig:
     max_engine_errors: int = 3
     """Failed steps in a row (raised, or a malformed result) that end the call
     (``engine_error``); its replica is then rebuilt."""
-    early_pause_ms: int = 120
+    early_pause_ms: int = 64
     """Sub-unit turn ends: once the person has paused this long (20 ms VAD frames), and
     until the pause is 3 s long or the service speaks, an engine that can (``EarlySession``)
     hears the unit so far, so it may answer before the unit is complete."""

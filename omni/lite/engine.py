@@ -60,6 +60,7 @@ class LiteSession:
         self._history: deque[tuple[str, str]] = deque(maxlen=max(1, replica.config.memory_turns))
         self._reply: Reply | None = None
         self._reply_job: Future[None] | None = None
+        self._prime_job: Future[None] | None = None
         self._interrupt = threading.Event()
         self._lock = threading.Lock()
         self._barged_in = False
@@ -172,12 +173,12 @@ class LiteSession:
     def close(self) -> None:
         self._stop_reply()
         self._drop_speculation()
-        job = self._reply_job
-        if job is not None:
-            try:
-                job.result(timeout=_CLOSE_WAIT_S)
-            except Exception:
-                log.exception("reply failed while closing")
+        for job in (self._reply_job, self._prime_job):
+            if job is not None and not job.cancel():
+                try:
+                    job.result(timeout=_CLOSE_WAIT_S)
+                except Exception:
+                    log.exception("reply failed while closing")
         self._replica.asr.abort()
         self._turns.reset()
         self._history.clear()
@@ -248,13 +249,27 @@ class LiteSession:
             self._reply = reply
         self._unannounced = reply
 
-    def _launch(self, parts: list[Transcript]) -> Reply:
-        """Start writing and speaking a reply to the question in ``parts`` in the background."""
+    def _context(self) -> list[dict[str, str]]:
+        """The messages before the next question: the system prompt and the turns kept."""
         messages = [{"role": "system", "content": self._system}]
         if self._config.memory_turns:
             for asked, answered in self._history:
                 messages.append({"role": "user", "content": asked})
                 messages.append({"role": "assistant", "content": answered})
+        return messages
+
+    def prime(self) -> None:
+        """Have the model read the next question's context now, while the person is still
+        to speak: the reply then only reads the question (the model keeps the longest prefix
+        its last prompt shares with the next one, and the turns kept shift at every reply)."""
+        if self._prime_job is not None and not self._prime_job.done():
+            return
+        replica = self._replica
+        self._prime_job = replica.reply_thread.submit(_read_prompt, replica.model, self._context())
+
+    def _launch(self, parts: list[Transcript]) -> Reply:
+        """Start writing and speaking a reply to the question in ``parts`` in the background."""
+        messages = self._context()
 
         def prompt(question: str) -> list[dict[str, str]]:
             return [*messages, {"role": "user", "content": question}]
@@ -309,6 +324,8 @@ class LiteSession:
             if reply.text.strip():
                 self._history.append((reply.question, reply.text.strip()))
                 self.replies.append(reply.text.strip())
+                if self._config.memory_turns:
+                    self.prime()
             stats = reply.stats
             timings.update(
                 llm_first_token=stats.first_token_ms,
@@ -371,13 +388,24 @@ class LiteReplica:
         )
 
     def open_session(self, config: SessionConfig) -> DuplexSession:
-        return LiteSession(self, config)
+        session = LiteSession(self, config)
+        session.prime()  # another session, or other instructions, may have used the model
+        return session
 
     def shutdown(self) -> None:
         self.reply_thread.shutdown(wait=True, cancel_futures=True)
         self.asr.close()
         self.model.close()
         self.voice.close()
+
+
+def _read_prompt(model: ReplyModel, messages: list[dict[str, str]]) -> None:
+    """Let ``model`` read ``messages`` (and keep them): a generation stopped at its first
+    token.  A failure here is logged; the reply that follows reads the prompt itself."""
+    try:
+        model.generate(messages, lambda _: True)
+    except Exception:
+        log.exception("reading the next prompt ahead failed")
 
 
 def lower_thread_priority(by: int) -> None:

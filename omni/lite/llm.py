@@ -28,6 +28,9 @@ class Generation:
     total_ms: float
     stopped: bool
     """Stopped early by the caller (barge-in, or enough sentences)."""
+    prompt_read: int | None = None
+    """Prompt tokens the model had to read (the rest it kept from its previous prompt); None
+    when the generation was stopped before llama.cpp reported it."""
 
 
 OnText = Callable[[str], bool]
@@ -91,8 +94,12 @@ class ReplyModel:
         first: list[float] = []
         pieces: list[str] = []
         stopped = [False]
+        read: list[int] = []
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
+            timings = chunk.get("timings")
+            if isinstance(timings, dict) and isinstance(timings.get("prompt_n"), int):
+                read.append(timings["prompt_n"])
             text = _chunk_text(chunk)
             if not text:
                 return stopped[0]
@@ -125,6 +132,7 @@ class ReplyModel:
             first_token_ms=((first[0] if first else end) - began) * 1000,
             total_ms=(end - began) * 1000,
             stopped=stopped[0],
+            prompt_read=read[-1] if read else None,
         )
 
     def close(self) -> None:

@@ -135,6 +135,42 @@ def test_a_spoken_question_gets_a_spoken_answer(replica: LiteReplica, speaker: S
     assert results[first].timings["wait_audio"] < 3000
 
 
+def test_while_the_person_listens_the_model_reads_the_next_prompt(
+    replica: LiteReplica, speaker: Speaker
+) -> None:
+    """After a reply the model reads the conversation so far, so the next question is all
+    that is left to read when it comes (the turns kept shift at every reply, and the model
+    keeps only the prefix its last prompt shares with the next one)."""
+    session = replica.open_session(SessionConfig())
+    assert isinstance(session, LiteSession)
+    earlier = ("Which river runs through Paris?", "The Seine runs through Paris.")
+    try:
+        # An earlier turn, which the turn below pushes out of the prompt (one turn is kept):
+        # the next prompt then shares only its head with the one the model last read.
+        session._history.append(earlier)
+        run_in_real_time(session, conversation(speaker.say("What is the capital of France?")))
+        assert session.replies, "the question was answered"
+        read_ahead = session._prime_job
+        assert read_ahead is not None
+        read_ahead.result(timeout=30)
+        context = session._context()
+        question = {"role": "user", "content": "And the capital of Italy?"}
+        assert context[1]["role"] == "user", "the turn just answered is in the prompt"
+        warm = replica.model.generate([*context, question], lambda _: False)
+        # The same question after an earlier turn the model has not read ahead.
+        unread = [
+            context[0],
+            {"role": "user", "content": "Which river runs through Rome?"},
+            {"role": "assistant", "content": "The Tiber runs through Rome."},
+        ]
+        cold = replica.model.generate([*unread, question], lambda _: False)
+    finally:
+        session.close()
+    assert warm.prompt_read is not None and cold.prompt_read is not None
+    assert warm.prompt_read <= 16, f"only the question is left to read, not {warm.prompt_read}"
+    assert cold.prompt_read >= warm.prompt_read + 15
+
+
 def test_noises_and_silence_are_not_turns(replica: LiteReplica) -> None:
     session = replica.open_session(SessionConfig())
     rng = np.random.default_rng(3)
