@@ -53,6 +53,8 @@ def _serve(conn: Connection, name: str, threads: int, cache_dir: str) -> None:
             audio_s += audio.size / INPUT_RATE
         elif command == "finish":
             conn.send(("text", recognizer.finish()))
+        elif command == "peek":
+            conn.send(("text", recognizer.peek()))
         elif command == "abort":
             recognizer.abort()
         elif command == "stats":
@@ -137,12 +139,20 @@ class SpeechRecognizer:
     def finish_soon(self) -> Transcript:
         """End the utterance now (later audio starts the next one); its transcript comes
         while the caller goes on: a whole-utterance recognizer takes a while."""
+        return self._ask("finish")
+
+    def peek_soon(self) -> Transcript:
+        """The transcript of the utterance so far, which goes on with later audio (it comes
+        while the caller goes on, as ``finish_soon``'s)."""
+        return self._ask("peek")
+
+    def _ask(self, command: str) -> Transcript:
         transcript = Transcript(self)
         with self._send_lock:
             # Waiting before it is asked for: its answer may be read the moment it is sent.
             self._waiting.append(transcript)
             try:
-                self._send(("finish", None))
+                self._send((command, None))
             except EngineError:
                 self._waiting.remove(transcript)
                 raise

@@ -49,6 +49,10 @@ _EARLY_AUDIO_WAIT_S = 0.03
 """How long an early step waits for the reply's first speech (the next one, a few tens of
 ms of media later, looks again)."""
 _CLOSE_WAIT_S = 5.0
+_PEEK_MAX_S = 8.0
+"""At a pause, an utterance up to this long is transcribed whole and goes on if the person
+does (the recognizer then hears the turn in one piece); a longer one is ended there (each
+piece is transcribed once, so a long turn's last pause costs only its last piece)."""
 
 
 class LiteSession:
@@ -66,6 +70,8 @@ class LiteSession:
         self._barged_in = False
         self._heard_so_far: list[Transcript] = []
         """Transcripts of the current turn's pieces already finished (to speculate)."""
+        self._open_samples = 0
+        """Audio in the recognizer's current utterance."""
         self._speculative: Reply | None = None
         self._speculated_at_voiced_ms = 0
         self._speculations: list[Reply] = []
@@ -153,8 +159,10 @@ class LiteSession:
             t = time.perf_counter()
             if turn_step.kind is Step.AUDIO and turn_step.audio is not None:
                 asr.feed(turn_step.audio)
+                self._open_samples += turn_step.audio.size
             elif turn_step.kind is Step.DISCARD:
                 asr.abort()
+                self._open_samples = 0
                 self._drop_speculation()
             elif turn_step.kind is Step.END:
                 new_reply = self._end_of_turn(asr) or new_reply
@@ -180,6 +188,7 @@ class LiteSession:
                 except Exception:
                     log.exception("reply failed while closing")
         self._replica.asr.abort()
+        self._open_samples = 0
         self._turns.reset()
         self._history.clear()
 
@@ -188,6 +197,7 @@ class LiteSession:
     def _end_of_turn(self, asr: SpeechRecognizer) -> bool:
         """The person finished a turn: answer it, unless it ended over our own speech."""
         self.turn_ends.append((self._heard_index, self._heard_samples))
+        self._open_samples = 0  # every way on ends the recognizer's utterance
         if self.speaking and not self._barged_in:
             asr.abort()
             self._drop_speculation()
@@ -214,9 +224,10 @@ class LiteSession:
         """In a pause that may be the end of the turn, recognise and answer it already.
 
         The turn ends only after ``end_pause_ms``: once the person has paused
-        ``speculate_after_ms``, finishing the recognition and starting the reply now hides
-        their time; if the person goes on talking, the reply is dropped and what they said so
-        far is kept for the turn's full text.  Neither waits here: the transcript comes to
+        ``speculate_after_ms``, recognising what they said and starting the reply now hides
+        their time; if the person goes on talking, the reply is dropped, and the utterance
+        goes on (a long one is ended at the pause instead, and its transcript kept for the
+        turn's full text: see ``_PEEK_MAX_S``).  Nothing waits here: the transcript comes to
         the reply thread.
         """
         turns, config = self._turns, self._config
@@ -230,9 +241,14 @@ class LiteSession:
             or self.speaking
         ):
             return
-        self._heard_so_far.append(asr.finish_soon())
+        if self._open_samples <= _PEEK_MAX_S * INPUT_RATE:
+            parts = [*self._heard_so_far, asr.peek_soon()]
+        else:
+            self._heard_so_far.append(asr.finish_soon())
+            self._open_samples = 0
+            parts = list(self._heard_so_far)
         self._speculated_at_voiced_ms = turns.voiced_ms
-        self._speculative = self._launch(list(self._heard_so_far))
+        self._speculative = self._launch(parts)
         self._speculations.append(self._speculative)
 
     def _drop_speculation(self, keep_text: bool = False) -> None:

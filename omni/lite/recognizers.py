@@ -58,6 +58,10 @@ class Recognizer(Protocol):
         new utterance."""
         ...
 
+    def peek(self) -> str:
+        """The transcript of the utterance so far; later feeds go on with it."""
+        ...
+
     def abort(self) -> None: ...
 
 
@@ -175,6 +179,11 @@ class SphinxRecognizer:
         hyp = self._decoder.hyp()
         return str(hyp.hypstr) if hyp else ""
 
+    def peek(self) -> str:
+        # pocketsphinx decodes as the audio comes: its best guess so far.
+        hyp = self._decoder.hyp() if self._in_utterance else None
+        return str(hyp.hypstr) if hyp else ""
+
     def abort(self) -> None:
         if self._in_utterance:
             self._decoder.end_utt()
@@ -232,10 +241,15 @@ class MoonshineRecognizer:
         self._samples += audio.size
 
     def finish(self) -> str:
+        text = self.peek()
+        self.abort()
+        return text
+
+    def peek(self) -> str:
         if not self._parts:
             return ""
         audio = np.concatenate(self._parts)[-int(_MOONSHINE_MAX_S * INPUT_RATE) :]
-        self.abort()
+        self._parts = [audio]
         if audio.size < _MOONSHINE_MIN_SAMPLES:
             return ""
         # About 6.5 tokens per second of speech at most; the cap stops a hallucinating loop.

@@ -6,6 +6,7 @@ import re
 import time
 
 import numpy as np
+import pytest
 import soxr
 from numpy.typing import NDArray
 from pocketsphinx import Config, Decoder
@@ -19,6 +20,7 @@ from omni.api import (
     StepResult,
     Unit,
 )
+from omni.lite import engine
 from omni.lite.engine import LiteReplica, LiteSession
 from tests.lite.models import Speaker
 
@@ -254,9 +256,13 @@ def test_a_pause_at_a_unit_end_starts_the_answer_early(
     assert first.timings["wait_audio"] < 2500, "the speculative reply should be under way"
 
 
+@pytest.mark.parametrize("peek_max_s", [8.0, 0.5], ids=["whole", "pieces"])
 def test_talking_on_after_a_pause_drops_the_early_answer(
-    replica: LiteReplica, speaker: Speaker
+    replica: LiteReplica, speaker: Speaker, peek_max_s: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The early answer is dropped, and the turn's text is all of it: one utterance that
+    went on after the pause, or (a long turn) its pieces before and after the pause."""
+    monkeypatch.setattr(engine, "_PEEK_MAX_S", peek_max_s)
     session = replica.open_session(SessionConfig())
     assert isinstance(session, LiteSession)
     first = speaker.say("What is the capital")
