@@ -29,8 +29,11 @@ class LiteConfig:
     """How much lower than the calls' media the engine's threads and recognizer process run
     (Linux niceness added to theirs; 0 = the same): on busy cores the media keeps its pace
     and the models take what is left."""
-    threads: int = 2
-    """CPU threads each replica's speech synthesis may use."""
+    threads: int = 1
+    """CPU threads each replica's speech synthesis uses.  Two make a sentence sooner on a
+    quiet machine, but in calls the media and the other models hold a core as well, and
+    onnxruntime's threads wait for each other at every step: with four calls on two cores,
+    first reply audio 1.44 s p50 with two against 1.12 s with one (one call: the same)."""
     llm_threads: int = 1
     """CPU threads each replica's language model uses.  Gemma 3 270M writes 42 tokens/s on
     two and 27 on one on a quiet machine, but llama.cpp's threads wait on each other at every
