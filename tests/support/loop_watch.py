@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 BEAT_S = 0.01
 
@@ -88,10 +89,24 @@ class LoopWatch:
             if held > self.limit_s and beat != self._stall_beat:
                 # The first look at a new stall shows what holds the loop; later looks may
                 # find it already past the blocker, waiting for the interpreter or a core.
-                self._stall_beat = beat
                 frame = sys._current_frames().get(self._loop_thread)
+                if frame is not None and _waiting_for_io(frame):
+                    # Nothing holds the loop: it has just started again (pytest stops it
+                    # between async fixtures' teardowns, and this thread may not have
+                    # looked while it was stopped) and its beat is due at once.
+                    self._beat = time.monotonic()
+                    continue
+                self._stall_beat = beat
                 self._stall_stack = "".join(traceback.format_stack(frame, limit=12))
             if held > self.worst_s:
                 self.worst_s = held
                 if held > self.limit_s:
                     self.blocker = self._stall_stack
+
+
+def _waiting_for_io(frame: FrameType) -> bool:
+    """The loop thread is in the selector's wait (for I/O or its next timer), running nothing."""
+    return frame.f_code.co_filename.endswith("selectors.py") and frame.f_code.co_name in (
+        "select",
+        "poll",
+    )

@@ -56,3 +56,36 @@ def test_an_excused_stall_does_not_count() -> None:
     watch = asyncio.run(run())
     assert watch.worst_s < 0.1
     watch.check()
+
+
+def test_a_loop_waiting_in_its_selector_is_not_held() -> None:
+    """A stale beat while the loop thread waits in its selector (the loop just started again
+    after pytest stopped it between teardowns) is not work holding the loop; a thread
+    sleeping in our code is."""
+    import selectors
+    import socket
+    import sys
+    import threading
+
+    from tests.support.loop_watch import _waiting_for_io
+
+    left, right = socket.socketpair()
+    selector = selectors.DefaultSelector()
+    selector.register(left, selectors.EVENT_READ)
+    waiter = threading.Thread(target=selector.select, args=(5.0,))
+    sleeper = threading.Thread(target=_hold_the_loop, args=(0.5,))
+    try:
+        waiter.start()
+        sleeper.start()
+        time.sleep(0.2)
+        frames = sys._current_frames()
+        assert waiter.ident is not None and sleeper.ident is not None
+        assert _waiting_for_io(frames[waiter.ident])
+        assert not _waiting_for_io(frames[sleeper.ident])
+    finally:
+        right.send(b"x")
+        waiter.join()
+        sleeper.join()
+        selector.close()
+        left.close()
+        right.close()
