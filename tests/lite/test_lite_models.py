@@ -247,8 +247,10 @@ def test_the_next_audio_goes_while_another_thread_waits_for_a_transcript(
         later = recognizer.finish_soon()
         assert time.monotonic() - began < 0.1, "sending waited for the reader"
         reader.join(30)
-        assert {"capital", "france"} <= _words(got[0]), got
+        # Each transcript went to its own waiter (how well each was heard is another test's:
+        # Piper's voice varies, and Moonshine once heard "friends" for "France" here).
+        assert "capital" in _words(got[0]), got
         then = _words(later.result())
-        assert then and not then & {"capital", "france"}, then
+        assert then & {"good", "morning"} and not then & {"capital", "france"}, then
     finally:
         recognizer.close()
