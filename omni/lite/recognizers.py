@@ -234,11 +234,9 @@ class MoonshineRecognizer:
         _return_freed_memory()
         self._tokenizer: Any = load_tokenizer()
         self._parts: list[NDArray[np.float32]] = []
-        self._samples = 0
 
     def feed(self, audio: NDArray[np.float32]) -> None:
         self._parts.append(np.asarray(audio, dtype=np.float32))
-        self._samples += audio.size
 
     def finish(self) -> str:
         text = self.peek()
@@ -260,4 +258,3 @@ class MoonshineRecognizer:
 
     def abort(self) -> None:
         self._parts = []
-        self._samples = 0
