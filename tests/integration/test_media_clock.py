@@ -28,8 +28,8 @@ async def test_dtx_silence_is_silence_not_loss(
         await caller.call(http)
         await asyncio.sleep(1.0)
         caller.player.play(talk)
-        await caller.wait_for("response.output_text.delta", 8)
-        quiet_from = caller.of_type("unit")[-1]["index"] + 1
+        spoken = await caller.wait_for("response.output_text.delta", 8)
+        quiet_from = (await caller.wait_for_unit(spoken[0]["unit"], 5))[-1]["index"] + 1
         await asyncio.sleep(5.0)
         assert encoder.skipped > 150, "the client did not go quiet with DTX"
         quiet = [u for u in caller.of_type("unit") if u["index"] >= quiet_from]

@@ -36,7 +36,7 @@ async def test_a_call_hears_the_model_speak(
         spoke_at = time.monotonic()
         texts = await caller.wait_for("response.output_text.delta", 8, count=3)
         assert all(t["delta"].startswith("word") for t in texts[:3])
-        units = caller.of_type("unit")
+        units = await caller.wait_for_unit(texts[2]["unit"], 5)
         assert [u["end_of_turn"] for u in units if u["state"] == "speak"][-1] is True
         assert "engine_llm" in units[-1]["timings"]
         await asyncio.sleep(1.5)

@@ -208,6 +208,14 @@ class Caller:
                 await asyncio.sleep(0.02)
         return self.of_type(kind)
 
+    async def wait_for_unit(self, index: int, timeout: float) -> list[dict[str, Any]]:
+        """The unit reports up to and including unit ``index``'s. A unit's report follows its
+        text delta on the data channel, so it may not be here yet when the delta is."""
+        async with asyncio.timeout(timeout):
+            while not any(u["index"] >= index for u in self.of_type("unit")):
+                await asyncio.sleep(0.02)
+        return [u for u in self.of_type("unit") if u["index"] <= index]
+
     def audio(self, since: float = 0.0) -> NDArray[np.float32]:
         chunks = [c for t, c in self.received if t >= since]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
