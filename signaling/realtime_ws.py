@@ -2,9 +2,10 @@
 
 The official ``openbmb-realtime`` client works against it unchanged (docs/PROTOCOL.md says
 what is supported and what differs from upstream).  The session runtime is
-``realtime.ws_call.WsSession``; this module only does the transport: it authorizes the
-request, upgrades it, admits the session against the same ``server.max_calls`` and replica
-pool as WebRTC calls (``CallManager.admit_session``), feeds the session the client's
+``realtime.ws_call.WsSession``; this module only does the transport: it upgrades the
+request, admits the session against the same limits as WebRTC calls (the key's
+``max_calls``, a call token's one call, ``server.max_calls``, the replica pool:
+``CallManager.admit_session``), feeds the session the client's
 messages and writes its events back.
 """
 
@@ -25,6 +26,7 @@ from realtime.ws_call import MODES, WsSession, error_event, event
 from signaling.app_keys import AUTH, CALLS, POOL, SETTINGS
 from signaling.auth import principal_of
 from signaling.errors import RETRY_AFTER_S, ApiError, busy
+from signaling.hooks import CLAIMED_CALL_ID
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +35,6 @@ SUBPROTOCOL = "map.realtime"
 HEARTBEAT_S = 15.0
 """The server pings this often; a client that does not answer within half of it is gone."""
 _DRAIN_S = 2.0
-
-
-async def authorize(request: web.Request) -> None:
-    """Decide whether the request may open a session (raise ApiError 401/403 if not).
-
-    The auth middleware has already checked the key or token (401 before the upgrade); a
-    call token starts one session at most, as it starts one call."""
-    request.app[AUTH].spend(principal_of(request))
 
 
 class _PoolLending:
@@ -68,7 +62,10 @@ class _PoolLending:
 
 
 async def realtime(request: web.Request) -> web.WebSocketResponse:
-    await authorize(request)
+    """The auth middleware has checked the key or token (401 before the upgrade); every
+    other refusal is an ``error`` event after it: the key's ``max_calls`` (sessions count
+    like calls), a spent call token (``token_used``: it opens one session at most, as it
+    starts one call; a refused session leaves it unspent), the server's limit, the pool."""
     settings = request.app[SETTINGS]
     config = settings.realtime_ws
     ws = web.WebSocketResponse(
@@ -80,27 +77,32 @@ async def realtime(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     mode = request.query.get("mode", "audio")
     if mode not in MODES:
-        await _refuse(ws, "invalid_mode", f"mode must be audio or video, not {mode[:32]!r}")
+        await refuse(ws, "invalid_mode", f"mode must be audio or video, not {mode[:32]!r}")
         return ws
     calls = request.app[CALLS]
     pool = request.app[POOL]
+    principal = principal_of(request)
     session = WsSession(
-        "rt_" + secrets.token_hex(8),
+        # issue 10: a session a cluster gateway placed here has the id it claimed
+        request.get(CLAIMED_CALL_ID) or "rt_" + secrets.token_hex(8),
         mode,
         engine_name=pool.info.name,
         call_config=settings.call,
         config=config,
         clock=LoopClock(),
     )
+    auth = request.app[AUTH]
     try:
-        calls.admit_session(session.session_id, session.stop)
+        auth.spend(principal)
         try:
+            calls.admit_session(session.session_id, session.stop, principal)
             ticket = _join(pool)
         except BaseException:
             calls.release_session(session.session_id)
+            auth.refund(principal)  # no session started: the token may try again
             raise
     except ApiError as exc:
-        await _refuse(ws, exc.code, exc.message)
+        await refuse(ws, exc.code, exc.message)
         return ws
     log.info("realtime session admitted", extra={"session_id": session.session_id, "mode": mode})
     try:
@@ -121,7 +123,7 @@ def _join(pool: ReplicaPool) -> Ticket:
         ) from None
 
 
-async def _refuse(ws: web.WebSocketResponse, code: str, message: str) -> None:
+async def refuse(ws: web.WebSocketResponse, code: str, message: str) -> None:
     with contextlib.suppress(Exception):
         await ws.send_str(error_event(code, message))
         await ws.send_str(event("session.closed", reason=code))

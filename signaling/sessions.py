@@ -72,6 +72,8 @@ class CallManager:
         self._admitting = 0
         self._sessions: dict[str, Callable[[str], None]] = {}
         """WebSocket sessions (signaling/realtime_ws.py): their stop functions."""
+        self._session_keys: dict[str, str] = {}
+        """The API key each WebSocket session was opened with (for its ``max_calls``)."""
         self._tasks: asyncio.TaskGroup | None = None
         self.total_calls = 0
         self.recordings = Recordings(settings.recording)
@@ -103,13 +105,7 @@ class CallManager:
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
         mode = CallMode(request.session.mode)
-        if principal.max_calls and self.calls_of(principal.key) >= principal.max_calls:
-            raise ApiError(
-                429,
-                "too_many_calls",
-                f"key {principal.key!r} is at its limit of {principal.max_calls} calls",
-                {"Retry-After": str(RETRY_AFTER_S)},
-            )
+        self._check_key(principal)
         self.recordings.check(request.session)  # recording: refused before admission
         if self.active + self._admitting >= self.max_calls:
             raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
@@ -194,8 +190,10 @@ class CallManager:
                     log.exception("a hook failed on the end of call %s", call.call_id)
 
     def calls_of(self, key: str) -> int:
-        """Live calls started with API key ``key`` (or with its tokens)."""
-        return sum(1 for owner in self._owners.values() if owner.key == key)
+        """Live calls and WebSocket sessions started with API key ``key`` (or with its
+        tokens)."""
+        calls = sum(1 for owner in self._owners.values() if owner.key == key)
+        return calls + sum(1 for k in self._session_keys.values() if k == key)
 
     def live(self, call_id: str, principal: Principal = ANONYMOUS) -> Call:
         """The call ``call_id`` while it runs; raises ApiError 404 once it has ended, when
@@ -237,8 +235,9 @@ class CallManager:
             log.warning("call %s still ending after %.0f s", call_id, wait_s)
 
     def live_ids(self) -> list[str]:
-        """Ids of the calls this process holds now (issue 10: the worker heartbeat)."""
-        return list(self._calls)
+        """Ids of the calls and WebSocket sessions this process holds now (issue 10: the
+        worker heartbeat)."""
+        return [*self._calls, *self._sessions]
 
     def stop_all(self, reason: str) -> None:
         for call in list(self._calls.values()):
@@ -248,16 +247,30 @@ class CallManager:
 
     # ------------------------------------------------ WebSocket sessions (/v1/realtime)
 
-    def admit_session(self, session_id: str, stop: Callable[[str], None]) -> None:
-        """Count a /v1/realtime session against ``server.max_calls`` like a call until
-        ``release_session``; ``stop(reason)`` ends it at shutdown.  Raises ApiError
-        (``not_ready``, ``busy``) on refusal."""
+    def admit_session(
+        self, session_id: str, stop: Callable[[str], None], principal: Principal = ANONYMOUS
+    ) -> None:
+        """Count a /v1/realtime session against ``server.max_calls`` and its key's
+        ``max_calls`` like a call until ``release_session``; ``stop(reason)`` ends it at
+        shutdown.  Raises ApiError (``not_ready``, ``too_many_calls``, ``busy``) on refusal."""
         if self._tasks is None:
             raise ApiError(503, "not_ready", "the server is starting")
+        self._check_key(principal)
         if self.active + self._admitting >= self.max_calls:
             raise busy(f"the server is at its limit of {self.max_calls} calls", RETRY_AFTER_S)
         self._sessions[session_id] = stop
+        self._session_keys[session_id] = principal.key
         self.total_calls += 1
 
     def release_session(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
+        self._session_keys.pop(session_id, None)
+
+    def _check_key(self, principal: Principal) -> None:
+        if principal.max_calls and self.calls_of(principal.key) >= principal.max_calls:
+            raise ApiError(
+                429,
+                "too_many_calls",
+                f"key {principal.key!r} is at its limit of {principal.max_calls} calls",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )

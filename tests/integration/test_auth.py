@@ -1,5 +1,5 @@
 """Access control with real calls: API keys, per-key limits, call tokens, and a call reachable
-only by its owner, on every entry point (JSON API, WHIP)."""
+only by its owner, on every entry point (JSON API, WHIP, the /v1/realtime WebSocket)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from openbmb_realtime import RealtimeClient, RealtimeError
 
 from signaling.auth import Authenticator, Principal
 from signaling.errors import ApiError
@@ -142,6 +143,43 @@ async def test_whip_takes_the_same_credentials(
             assert r.status == 404, "A cannot hang up B's WHIP call"
         async with http.delete(resource, headers=bearer(KEY_B)) as r:
             assert r.status == 200
+    finally:
+        await caller.close()
+
+
+async def test_websocket_sessions_count_against_their_keys_limit_and_a_token_opens_one(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await start_server(auth__api_keys=KEYS)
+
+    def client(secret: str) -> RealtimeClient:
+        return RealtimeClient(api_key=secret, base_url=server.url, close_timeout=5.0)
+
+    with pytest.raises(RealtimeError):
+        await client("wrong-key-0123456789").audio.connect(model="m")
+    first = await client(KEY_A).audio.connect(model="m")
+    caller = Caller(server.url)
+    try:
+        await caller.call(http, headers=bearer(KEY_A))
+        with pytest.raises(RealtimeError) as refused:
+            await client(KEY_A).audio.connect(model="m")
+        assert refused.value.code == "too_many_calls", "a session and a call fill A's two"
+        with pytest.raises(AssertionError, match="too_many_calls"):
+            await Caller(server.url).call(http, headers=bearer(KEY_A))
+        async with http.post(f"{server.url}/v1/tokens", headers=bearer(KEY_A)) as r:
+            token = (await r.json())["token"]
+        with pytest.raises(RealtimeError) as refused:
+            await client(token).audio.connect(model="m")
+        assert refused.value.code == "too_many_calls"
+        await first.close()
+        by_token = await client(token).audio.connect(model="m")
+        await by_token.close()  # the refusal above did not spend the token; this did
+        async with http.ws_connect(f"{server.url.replace('http', 'ws')}/v1/realtime",
+                                   headers=bearer(token)) as ws:  # fmt: skip
+            reply = await ws.receive_json(timeout=5)
+        assert reply["error"]["code"] == "token_used", reply
+        second = await client(KEY_B).audio.connect(model="m")
+        await second.close()
     finally:
         await caller.close()
 
