@@ -1,9 +1,9 @@
 """The gateway role's app: takes offers and routes each call to a worker (no media here).
 
 It serves the same call API as a single process (``POST /v1/calls``, ``GET``/``DELETE
-/v1/calls/{id}``), the call page, ``/healthz``, ``/readyz`` (ready while Redis answers and a
-worker is ready) and ``/metrics`` (its admissions, plus every worker's slots as the registry
-sees them).
+/v1/calls/{id}``, WHIP, the ``/v1/realtime`` WebSocket: see ``ws_relay``), the call page,
+``/healthz``, ``/readyz`` (ready while Redis answers and a worker is ready) and ``/metrics``
+(its admissions, plus every worker's slots as the registry sees them).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from signaling import handlers
 from signaling.app import base_app
+from signaling.auth import principal_of
+from signaling.cluster import ws_relay
 from signaling.cluster.registry import Claim, RedisRegistry, RegistryUnavailable
-from signaling.cluster.router import Relayed, Router, check_offer_off_loop
+from signaling.cluster.router import ROUTER, Relayed, Router, check_offer_off_loop
 from signaling.errors import ApiError
 from signaling.metrics import (
     ADMISSION_BUCKETS,
@@ -30,8 +32,6 @@ from signaling.settings import Settings
 from signaling.whip import SDP
 
 log = logging.getLogger(__name__)
-
-ROUTER = web.AppKey("router", Router)
 
 
 class GatewayMetrics:
@@ -103,13 +103,16 @@ def create_gateway_app(
     # Clients authenticate here first (nothing is claimed for a refused request), and again
     # at the worker, which owns the call (gateways and workers share the auth settings).
     app = base_app(settings, metrics)
-    app[ROUTER] = Router(registry, settings.cluster, gateway_metrics.claimed)
+    app[ROUTER] = Router(
+        registry, settings.cluster, gateway_metrics.claimed, token_ttl_s=settings.auth.token_ttl_s
+    )
     app.cleanup_ctx.append(_lifetime)
     app.router.add_post("/v1/calls", create_call)
     app.router.add_get("/v1/calls/{call_id}", call_request)
     app.router.add_delete("/v1/calls/{call_id}", call_request)
     app.router.add_post("/v1/tokens", handlers.create_token)
     app.router.add_post("/v1/whip", create_whip)
+    app.router.add_get("/v1/realtime", ws_relay.realtime)
     app.router.add_patch("/v1/whip/{call_id}", call_request)
     app.router.add_delete("/v1/whip/{call_id}", call_request)
     app.router.add_get("/healthz", handlers.healthz)
@@ -142,7 +145,9 @@ async def create_call(request: web.Request) -> web.Response:
     raw = await request.read()
     await check_offer_off_loop(raw)
     return _response(
-        await request.app[ROUTER].place(raw, "application/json", headers=request.headers)
+        await request.app[ROUTER].place(
+            raw, "application/json", headers=request.headers, principal=principal_of(request)
+        )
     )
 
 
@@ -158,7 +163,9 @@ async def create_whip(request: web.Request) -> web.Response:
     if not raw.strip():
         raise ApiError(400, "invalid_sdp", "the offer is empty")
     return _response(
-        await request.app[ROUTER].place(raw, SDP, request.path_qs, headers=request.headers)
+        await request.app[ROUTER].place(
+            raw, SDP, request.path_qs, headers=request.headers, principal=principal_of(request)
+        )
     )
 
 

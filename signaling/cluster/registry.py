@@ -42,6 +42,10 @@ class Placement(enum.StrEnum):
     SLOT = "slot"
     QUEUED = "queued"
     FULL = "full"
+    TOKEN_USED = "token_used"
+    """The call token has already started a call (on any worker)."""
+    KEY_LIMIT = "key_limit"
+    """The API key holds its ``max_calls`` across the cluster."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,21 @@ class Claim:
     """Place in the worker's queue (1 = next), when queued."""
     queued: int = 0
     """Calls waiting across the cluster (this one included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who a claim is for, as far as the cluster-wide limits go (the default: nobody in
+    particular, with auth off)."""
+
+    key: str = ""
+    """The API key's name."""
+    max_calls: int = 0
+    """Calls the key may hold across the cluster (0: no limit of its own)."""
+    token: str = ""
+    """The call token's id ('' when the key itself is used)."""
+    token_ttl_s: float = 0.0
+    """How long a token lives: its spent mark lasts that long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +168,25 @@ class RedisRegistry:
         except (RedisError, OSError) as exc:
             raise RegistryUnavailable(f"Redis: {exc}") from exc
 
-    async def claim(self, call_id: str, max_queue: int, exclude: Collection[str] = ()) -> Claim:
+    async def claim(
+        self,
+        call_id: str,
+        max_queue: int,
+        exclude: Collection[str] = (),
+        holder: Holder | None = None,
+    ) -> Claim:
         """Atomically take a free slot, else a queue place, for ``call_id`` (on a worker
-        not in ``exclude``)."""
+        not in ``exclude``), counted against ``holder``'s key and token."""
+        holder = holder or Holder()
         args: list[str | int | float] = [
             self.prefix,
             call_id,
             max_queue,
             OWNER_TTL_S * 1000,
+            holder.key,
+            holder.max_calls,
+            holder.token,
+            max(1, int(holder.token_ttl_s * 1000)),
             *exclude,
         ]
         kind, worker_id, url, position, queued = await self._run(self._claim, args)
@@ -169,9 +199,16 @@ class RedisRegistry:
         except (RedisError, OSError) as exc:
             raise RegistryUnavailable(f"Redis: {exc}") from exc
 
-    async def release(self, worker_id: str, call_id: str) -> bool:
-        """Free the call's slot or queue place; False when it held none."""
-        args: list[str | int | float] = [self.prefix, worker_id, call_id, ENDED_TTL_S * 1000]
+    async def release(self, worker_id: str, call_id: str, refund_token: str = "") -> bool:
+        """Free the call's slot or queue place (and give its token back, when
+        ``refund_token`` names it: the call never started); False when it held none."""
+        args: list[str | int | float] = [
+            self.prefix,
+            worker_id,
+            call_id,
+            ENDED_TTL_S * 1000,
+            refund_token,
+        ]
         return bool(await self._run(self._release, args))
 
     async def owner(self, call_id: str) -> str | None:

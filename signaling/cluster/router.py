@@ -1,6 +1,6 @@
 """Routing calls from a gateway to workers: place an offer, reach a call by its id.
 
-Entry points (the JSON API today; WHIP and WebSocket later) hand the router what they
+Entry points (the JSON API, WHIP, the ``/v1/realtime`` WebSocket) hand the router what they
 received; it claims a slot in the registry, forwards the offer to that worker's own API over
 HTTP (the worker answers with its own media address in the SDP, so media then flows between
 the client and the worker), and relays the answer.  A worker that cannot be reached is
@@ -18,10 +18,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+from aiohttp import web
 from pydantic import ValidationError
 
+from signaling.auth import ANONYMOUS, Principal
 from signaling.cluster.config import ClusterSettings
-from signaling.cluster.registry import Claim, Placement, RedisRegistry, RegistryUnavailable
+from signaling.cluster.registry import (
+    Claim,
+    Holder,
+    Placement,
+    RedisRegistry,
+    RegistryUnavailable,
+)
 from signaling.cluster.worker import CALL_ID, CALL_ID_HEADER
 from signaling.errors import ApiError, busy
 from signaling.messages import CallRequest
@@ -58,27 +66,40 @@ class Relayed:
 
 
 class Router:
+    """Places calls and sessions on workers and relays requests about them."""
+
     def __init__(
         self,
         registry: RedisRegistry,
         settings: ClusterSettings,
         on_claim: Callable[[Claim, float], None] | None = None,
+        token_ttl_s: float = 0.0,
     ) -> None:
         self.registry = registry
         self.settings = settings
+        self._token_ttl_s = token_ttl_s
+        """How long call tokens live (auth.token_ttl_s): a spent token is marked that long."""
         self._on_claim = on_claim
         """Told every claim and how long it took (metrics)."""
         self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientSession | None = None
+        """WebSocket sessions to workers: no total timeout (they last as long as the
+        client's); the handshake is bounded by worker_timeout_s."""
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256),
             timeout=aiohttp.ClientTimeout(total=self.settings.worker_timeout_s),
         )
+        self._ws = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.worker_timeout_s)
+        )
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+        if self._ws is not None:
+            await self._ws.close()
 
     # ------------------------------------------------------------ offers
 
@@ -88,13 +109,15 @@ class Router:
         content_type: str,
         path: str = "/v1/calls",
         headers: Mapping[str, str] | None = None,
+        principal: Principal = ANONYMOUS,
     ) -> Relayed:
-        """Claim a slot (or a queue place) and have its worker answer the offer (``headers``:
-        the client's; those that matter, such as Authorization, are passed on)."""
+        """Claim a slot (or a queue place) for ``principal`` and have its worker answer the
+        offer (``headers``: the client's; those that matter, such as Authorization, are
+        passed on)."""
         call_id = new_call_id()
         passed_over: list[str] = []
         for _ in range(MAX_ATTEMPTS):
-            claim = await self._claim(call_id, passed_over)
+            claim = await self.claim(call_id, passed_over, principal)
             try:
                 relayed = await self._send(
                     claim.worker_url,
@@ -119,11 +142,11 @@ class Router:
                     exc,
                     extra={"call_id": call_id, "worker": claim.worker_id},
                 )
-                await self._release(claim)
+                await self.release(claim, principal)
                 passed_over.append(claim.worker_id)
                 continue
             if relayed.status != 201:
-                await self._release(claim)  # the worker freed it too (idempotent)
+                await self.release(claim, principal)  # the worker freed it too (idempotent)
                 return relayed
             log.info(
                 "call placed",
@@ -140,10 +163,86 @@ class Router:
             502, "worker_unavailable", "no worker could be reached", {"Retry-After": "1"}
         )
 
-    async def _claim(self, call_id: str, passed_over: list[str]) -> Claim:
+    # ------------------------------------------------------------ WebSocket sessions
+
+    async def open_websocket(
+        self,
+        path_qs: str,
+        protocols: tuple[str, ...],
+        *,
+        headers: Mapping[str, str] | None = None,
+        principal: Principal = ANONYMOUS,
+        max_msg_size: int = 0,
+        heartbeat_s: float | None = None,
+    ) -> tuple[aiohttp.ClientWebSocketResponse, Claim]:
+        """Claim a slot (or a queue place) for a WebSocket session and open it on that
+        worker (``path_qs``: the client's path and query; ``headers``: the client's, of
+        which Authorization is passed on).  The worker frees the slot when the session
+        ends; the caller frees it (``release``) if the session never started."""
+        if self._ws is None:
+            raise ApiError(503, "not_ready", "the gateway is starting")
+        call_id = new_call_id()
+        passed_over: list[str] = []
+        sent = {k: v for k, v in (headers or {}).items() if k == "Authorization"}
+        sent[CALL_ID_HEADER] = call_id
+        for _ in range(MAX_ATTEMPTS):
+            claim = await self.claim(call_id, passed_over, principal)
+            try:
+                async with asyncio.timeout(self.settings.worker_timeout_s):
+                    ws = await self._ws.ws_connect(
+                        claim.worker_url + path_qs,
+                        protocols=protocols,
+                        headers=sent,
+                        max_msg_size=max_msg_size,
+                        heartbeat=heartbeat_s,
+                    )
+            except aiohttp.WSServerHandshakeError as exc:
+                await self.release(claim, principal)
+                log.warning("worker %s refused a session: %s", claim.worker_id, exc.status)
+                raise ApiError(
+                    502, "worker_refused", f"the worker refused the session ({exc.status})"
+                ) from None
+            except aiohttp.ClientConnectorError as exc:
+                log.warning("worker %s unreachable, trying another: %s", claim.worker_id, exc)
+                await self.release(claim, principal)
+                passed_over.append(claim.worker_id)
+                continue
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                # It may have taken the session: the claim stays for its heartbeat to judge.
+                log.warning("worker %s did not answer: %s", claim.worker_id, exc)
+                raise ApiError(
+                    504, "worker_timeout", "the worker did not open the session in time"
+                ) from None
+            log.info(
+                "session placed",
+                extra={
+                    "call_id": call_id,
+                    "worker": claim.worker_id,
+                    "placement": claim.placement.value,
+                },
+            )
+            return ws, claim
+        raise ApiError(
+            502, "worker_unavailable", "no worker could be reached", {"Retry-After": "1"}
+        )
+
+    # ------------------------------------------------------------ claims
+
+    async def claim(
+        self, call_id: str, passed_over: list[str], principal: Principal = ANONYMOUS
+    ) -> Claim:
+        """A slot or queue place for ``call_id``, within ``principal``'s limits across the
+        cluster (its key's ``max_calls``; a token starts one call).  Raises ApiError: 503
+        ``busy`` when the cluster is full, 429 ``too_many_calls``, 403 ``token_used``."""
         start = time.perf_counter()
+        holder = Holder(
+            key=principal.key,
+            max_calls=principal.max_calls,
+            token=principal.token or "",
+            token_ttl_s=self._token_ttl_s,
+        )
         try:
-            claim = await self.registry.claim(call_id, self.settings.max_queue, passed_over)
+            claim = await self.registry.claim(call_id, self.settings.max_queue, passed_over, holder)
         except RegistryUnavailable:
             raise ApiError(
                 503, "registry_unavailable", "the registry cannot be reached", {"Retry-After": "1"}
@@ -155,12 +254,24 @@ class Router:
                 f"every replica in the cluster is in a call and {claim.queued} calls wait",
                 RETRY_AFTER_BUSY_S,
             )
+        if claim.placement is Placement.TOKEN_USED:
+            raise ApiError(403, "token_used", "this token has already started its call")
+        if claim.placement is Placement.KEY_LIMIT:
+            raise ApiError(
+                429,
+                "too_many_calls",
+                f"key {principal.key!r} is at its limit of {principal.max_calls} calls",
+                {"Retry-After": str(RETRY_AFTER_BUSY_S)},
+            )
         return claim
 
-    async def _release(self, claim: Claim) -> None:
+    async def release(self, claim: Claim, principal: Principal = ANONYMOUS) -> None:
+        """Free a claim whose call did not start (its token may start a call again)."""
         try:
             async with asyncio.timeout(self.settings.redis_timeout_s):
-                await self.registry.release(claim.worker_id, claim.call_id)
+                await self.registry.release(
+                    claim.worker_id, claim.call_id, refund_token=principal.token or ""
+                )
         except (RegistryUnavailable, TimeoutError) as exc:
             # The worker's heartbeat frees a claim no call took, after a grace.
             log.warning("could not free claim %s now: %s", claim.call_id, exc)
@@ -269,3 +380,7 @@ async def check_offer_off_loop(raw: bytes) -> CallRequest:
     if len(raw) > _PARSE_ON_LOOP_BYTES:
         return await asyncio.to_thread(check_offer, raw)
     return check_offer(raw)
+
+
+ROUTER = web.AppKey("router", Router)
+"""Where a gateway app keeps its Router."""

@@ -5,9 +5,11 @@ A worker is the ordinary app (media, engines, the call API) plus this:
 - a heartbeat that registers the worker (engine, replicas, free slots, queue, the API
   address gateways reach and the media address clients reach) with a TTL, and re-registers
   its live calls, so a restarted Redis learns them again and a dead worker disappears;
-- a middleware that accepts an offer only with the call id of a slot a gateway claimed here
-  (``Omnirtc-Call-Id``), so nothing bypasses the cluster's admission;
-- call hooks that give the slot back when the call ends, however it ends.
+- a middleware that accepts an offer, or a ``/v1/realtime`` WebSocket session, only with the
+  call id of a slot a gateway claimed here (``Omnirtc-Call-Id``), so nothing bypasses the
+  cluster's admission;
+- call hooks that give the slot back when the call ends, however it ends (a WebSocket
+  session's slot goes back when its request ends).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 CALL_ID_HEADER = "Omnirtc-Call-Id"
 CALL_ID = re.compile(r"call_[0-9a-f]{16}(?:[0-9a-f]{16})?")
 OFFER_PATHS = ("/v1/calls", "/v1/whip")
+REALTIME_PATH = "/v1/realtime"
 _CALL_S_START = 120.0
 
 
@@ -87,7 +90,7 @@ class ClusterWorker:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or request.path not in OFFER_PATHS:
+        if not _takes_a_slot(request):
             return await handler(request)
         call_id = request.headers.get(CALL_ID_HEADER)
         if call_id is None:
@@ -112,7 +115,8 @@ class ClusterWorker:
         admitted = False
         try:
             response = await handler(request)
-            admitted = response.status == 201
+            # A WebSocket session's request lasts as long as the session: it is over now.
+            admitted = response.status == 201 and request.path != REALTIME_PATH
             return response
         finally:
             self._pending.discard(call_id)
@@ -212,3 +216,9 @@ class ClusterWorker:
                     )
                 self.reachable = True
             await asyncio.sleep(self.cluster.heartbeat_s)
+
+
+def _takes_a_slot(request: web.Request) -> bool:
+    if request.method == "POST":
+        return request.path in OFFER_PATHS
+    return request.method == "GET" and request.path == REALTIME_PATH

@@ -33,7 +33,9 @@ FAST = {"cluster__heartbeat_s": 0.2, "cluster__worker_ttl_s": 1.0, "cluster__red
 
 
 def cluster_settings(redis: RedisServer, **overrides: Any) -> Settings:
-    return test_settings(cluster__redis_url=redis.url, cluster__key_prefix="t", **FAST, **overrides)
+    return test_settings(
+        cluster__redis_url=redis.url, cluster__key_prefix="t", **{**FAST, **overrides}
+    )
 
 
 class Cluster:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from signaling.cluster.config import ClusterSettings
-from signaling.cluster.registry import Placement, RedisRegistry, RegistryUnavailable
+from signaling.cluster.registry import Holder, Placement, RedisRegistry, RegistryUnavailable
 from tests.support.redis_server import RedisServer
 
 
@@ -145,6 +145,86 @@ async def test_heartbeat_frees_stale_claims_and_keeps_live_ones(
     assert w1.used == 3
     assert (await gw.claim("next", max_queue=0)).placement is Placement.SLOT
     assert (await gw.claim("next2", max_queue=0)).placement is Placement.FULL
+
+
+async def test_a_token_starts_one_call_in_the_whole_cluster(
+    gateways: list[RedisRegistry],
+) -> None:
+    one, two, workers = gateways
+    await beat(workers, "w1", slots=2)
+    await beat(workers, "w2", slots=2)
+    token = Holder(key="kiosk", token="tok1", token_ttl_s=60)
+    first = await one.claim("a", max_queue=0, holder=token)
+    assert first.placement is Placement.SLOT
+    again = await one.claim("a", max_queue=0, exclude=[first.worker_id], holder=token)
+    assert again.placement is Placement.SLOT, "a retry for the same call keeps its token"
+    assert again.worker_id != first.worker_id
+    replay = await two.claim("b", max_queue=0, holder=token)
+    assert replay.placement is Placement.TOKEN_USED, "another gateway, another worker: refused"
+    assert sum(w.used for w in await one.workers()) == 2, "the refusal claimed nothing"
+    # A call that started keeps its token spent after it ends ...
+    assert await workers.release(again.worker_id, "a")
+    assert (await two.claim("c", max_queue=0, holder=token)).placement is Placement.TOKEN_USED
+    # ... and one that never started gives it back.
+    other = Holder(key="kiosk", token="tok2", token_ttl_s=60)
+    refused = await one.claim("d", max_queue=0, holder=other)
+    assert await one.release(refused.worker_id, "d", refund_token="tok2")
+    assert (await two.claim("e", max_queue=0, holder=other)).placement is Placement.SLOT
+    assert not await one.release(first.worker_id, "d", refund_token="tok2")
+    assert (await one.claim("f", max_queue=0, holder=other)).placement is Placement.TOKEN_USED, (
+        "a refund for another call id leaves the token spent"
+    )
+
+
+async def test_a_spent_token_is_forgotten_when_it_could_no_longer_be_used(
+    gateways: list[RedisRegistry],
+) -> None:
+    gw, _, workers = gateways
+    await beat(workers, "w1", slots=3)
+    token = Holder(key="kiosk", token="tok", token_ttl_s=0.3)
+    await gw.claim("a", max_queue=0, holder=token)
+    assert (await gw.claim("b", max_queue=0, holder=token)).placement is Placement.TOKEN_USED
+    await asyncio.sleep(0.5)  # the token itself has expired by now: no memory is needed
+    assert (await gw.claim("b", max_queue=0, holder=token)).placement is Placement.SLOT
+
+
+async def test_a_keys_limit_holds_across_workers_and_gateways(
+    gateways: list[RedisRegistry],
+) -> None:
+    one, two, workers = gateways
+    await beat(workers, "w1", slots=2)
+    await beat(workers, "w2", slots=2)
+    kiosk = Holder(key="kiosk", max_calls=2)
+    first = await one.claim("a", max_queue=0, holder=kiosk)
+    second = await two.claim("b", max_queue=0, holder=kiosk)
+    assert {first.worker_id, second.worker_id} == {"w1", "w2"}
+    assert (await one.claim("c", max_queue=0, holder=kiosk)).placement is Placement.KEY_LIMIT
+    assert (await two.claim("c", max_queue=0, holder=Holder(key="robot", max_calls=2))).worker_id
+    assert (await one.claim("d", max_queue=0)).placement is Placement.SLOT, "no key, no limit"
+    assert await workers.release(first.worker_id, "a")  # an ended call stops counting
+    assert (await two.claim("e", max_queue=0, holder=kiosk)).placement is Placement.SLOT
+    assert (await two.claim("f", max_queue=0, holder=kiosk)).placement is Placement.KEY_LIMIT
+    # Racing gateways never take more than the limit.
+    await beat(workers, "w3", slots=20)
+    robot = Holder(key="robot2", max_calls=3)
+    racers = [(one if i % 2 else two).claim(f"r{i}", max_queue=0, holder=robot) for i in range(12)]
+    placed = [c.placement for c in await asyncio.gather(*racers)]
+    assert placed.count(Placement.SLOT) == 3
+    assert placed.count(Placement.KEY_LIMIT) == 9
+
+
+async def test_a_dead_workers_calls_stop_counting_against_their_key(
+    gateways: list[RedisRegistry],
+) -> None:
+    gw, _, workers = gateways
+    await beat(workers, "w1", slots=1, ttl_s=0.4)
+    await beat(workers, "w2", slots=2, ttl_s=30)
+    kiosk = Holder(key="kiosk", max_calls=2)
+    await gw.claim("a", max_queue=0, holder=kiosk)
+    await gw.claim("b", max_queue=0, holder=kiosk)
+    assert (await gw.claim("c", max_queue=0, holder=kiosk)).placement is Placement.KEY_LIMIT
+    await asyncio.sleep(0.6)  # the worker holding one of them died, and its claims with it
+    assert (await gw.claim("c", max_queue=0, holder=kiosk)).placement is Placement.SLOT
 
 
 async def test_workers_re_register_their_calls_after_redis_restarts(
