@@ -4,7 +4,9 @@ For each N in --workers it starts a Redis (its own port, no persistence), N work
 (`omnirtc serve --role worker`) and a gateway (`--role gateway`), each its own process, then:
 
 1. claim: the registry's atomic slot claim (one Lua script) round trip, sequential and with
-   --concurrency clients at once, each claim released again;
+   --concurrency clients at once, each claim released again; without an API key, and with a
+   key that has a call limit and a call token (the script also counts the key's live calls
+   and marks the token spent);
 2. offers: --calls offers POSTed to the gateway by --concurrency clients at once; each is
    claimed, forwarded to its worker, answered there (aiortc) and relayed back.  Reports the
    offer -> answer latency and calls admitted per second, and how the calls were spread.
@@ -20,19 +22,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from realtime.patches import install_patches
 from signaling.cluster.config import ClusterSettings
-from signaling.cluster.registry import RedisRegistry
+from signaling.cluster.registry import Holder, RedisRegistry
 from tools.benchlib import ROOT, free_port, pct
 
 
@@ -96,17 +100,29 @@ async def bench_claims(redis_url: str, rounds: int, concurrency: int) -> None:
         ttl_s=60,
         grace_s=60,
     )
+    # A key with a call limit (and a call token) makes the claim count the key's live calls
+    # and mark the token spent; its limit is never reached here.
+    holders = {
+        "no key": Holder(),
+        "key": Holder(key="bench", max_calls=concurrency, token="", token_ttl_s=60),
+    }
     try:
-        for clients in sorted({1, concurrency}):
+        for (label, holder), clients in itertools.product(
+            holders.items(), sorted({1, concurrency})
+        ):
             took: list[float] = []
 
             async def client(
-                index: int, took: list[float] = took, each: int = rounds // clients
+                index: int,
+                took: list[float] = took,
+                each: int = rounds // clients,
+                holder: Holder = holder,
             ) -> None:
                 for i in range(each):
                     call = f"call_{index}_{i}"
+                    token = replace(holder, token=call) if holder.key else holder
                     t0 = time.perf_counter()
-                    claim = await registry.claim(call, 0)
+                    claim = await registry.claim(call, 0, holder=token)
                     took.append(time.perf_counter() - t0)
                     assert claim.worker_id == "w", claim
                     await registry.release("w", call)
@@ -114,7 +130,10 @@ async def bench_claims(redis_url: str, rounds: int, concurrency: int) -> None:
             t0 = time.perf_counter()
             await asyncio.gather(*(client(i) for i in range(clients)))
             wall = time.perf_counter() - t0
-            print(f"  claim, {clients:2d} client(s): {stats(took)}  {len(took) / wall:7.0f}/s")
+            print(
+                f"  claim ({label:6s}), {clients:2d} client(s): {stats(took)}"
+                f"  {len(took) / wall:7.0f}/s"
+            )
     finally:
         await registry.close()
 

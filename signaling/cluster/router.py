@@ -92,7 +92,9 @@ class Router:
             timeout=aiohttp.ClientTimeout(total=self.settings.worker_timeout_s),
         )
         self._ws = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.worker_timeout_s)
+            # One connection per live session (the gateway's max_connections bounds them).
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.worker_timeout_s),
         )
 
     async def close(self) -> None:

@@ -220,8 +220,8 @@ async def test_a_dead_workers_calls_stop_counting_against_their_key(
     await beat(workers, "w1", slots=1, ttl_s=0.4)
     await beat(workers, "w2", slots=2, ttl_s=30)
     kiosk = Holder(key="kiosk", max_calls=2)
-    await gw.claim("a", max_queue=0, holder=kiosk)
-    await gw.claim("b", max_queue=0, holder=kiosk)
+    assert (await gw.claim("a", max_queue=0, exclude=["w2"], holder=kiosk)).worker_id == "w1"
+    assert (await gw.claim("b", max_queue=0, exclude=["w1"], holder=kiosk)).worker_id == "w2"
     assert (await gw.claim("c", max_queue=0, holder=kiosk)).placement is Placement.KEY_LIMIT
     await asyncio.sleep(0.6)  # the worker holding one of them died, and its claims with it
     assert (await gw.claim("c", max_queue=0, holder=kiosk)).placement is Placement.SLOT
