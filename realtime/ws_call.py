@@ -18,60 +18,57 @@ the session length limit, idleness, or an engine that keeps failing; ``session.c
 
 Bounds: the client may run at most ``max_ahead_s`` ahead of the wall clock (the server stops
 reading until it is back in time: TCP pushes back, nothing queues up here); one append carries
-at most ``MAX_APPEND_S`` of audio and ``MAX_FRAMES_PER_APPEND`` frames; a client that does not
-read its events (``MAX_OUTBOX`` waiting) is ended; a bad frame gets an ``error`` event and the
-session goes on.
+at most ``MAX_APPEND_S`` of audio and ``MAX_FRAMES_PER_APPEND`` frames (``realtime.ws_wire``,
+which parses every frame); a client that does not read its events (``MAX_OUTBOX`` waiting) is
+ended; a bad frame gets an ``error`` event and the session goes on.  Results become events in
+``realtime.ws_responder``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import av
-import numpy as np
-from numpy.typing import NDArray
 
 from omni.api import (
     INPUT_RATE,
     OUTPUT_RATE,
     UNIT_MS,
     UNIT_SAMPLES,
-    DuplexSession,
     EngineBinding,
     EngineSource,
     Frame,
-    PartialUnit,
     QueueCallback,
     SessionConfig,
-    StepResult,
-    Unit,
     require,
 )
 from omni.errors import EngineError
-from realtime.audio import decode_voice, video_to_rgb
+from realtime.audio import video_to_rgb
 from realtime.clock import Clock
 from realtime.config import CallConfig
 from realtime.errors import CallError, InvalidVoice, describe
 from realtime.slicer import UnitSlicer
-from realtime.unit_loop import StepTiming, UnitLoop
+from realtime.unit_loop import UnitLoop
+from realtime.ws_responder import WsResponder
+from realtime.ws_wire import (
+    Append,
+    ClientError,
+    ClientFrame,
+    Close,
+    Init,
+    decode_reference,
+    error_event,
+    event,
+    parse_frame,
+)
 
 log = logging.getLogger(__name__)
 
-MODES = ("audio", "video")
-MAX_APPEND_S = 2.0
-"""Audio one ``input.append`` may carry (the protocol sends one second)."""
-MAX_FRAMES_PER_APPEND = 4
-MAX_FRAME_PIXELS = 4096 * 4096
-"""Larger JPEGs are refused before they are decoded (a decompression bomb)."""
-MAX_PROMPT_CHARS = 16_000
 MAX_OUTBOX = 64
 """Events waiting for a client that does not read them; past this the session ends."""
 _PARSE_ON_LOOP_BYTES = 256 * 1024
@@ -130,27 +127,8 @@ class Lending(Protocol):
         ...
 
 
-class ClientError(Exception):
-    """A client frame that cannot be used: answered with an ``error`` event."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class _Ended(Exception):
     pass
-
-
-def event(kind: str, **fields: Any) -> str:
-    body: dict[str, Any] = {"type": kind}
-    body.update(fields)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-
-
-def error_event(code: str, message: str) -> str:
-    return event("error", error={"code": code, "message": message})
 
 
 class Outbox:
@@ -186,161 +164,6 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         return self._items.popleft()
-
-
-# ------------------------------------------------------------------ client frames
-
-
-@dataclass(frozen=True, slots=True)
-class Init:
-    instructions: str | None
-    voice_bytes: bytes | None
-    tts_enabled: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Append:
-    audio: NDArray[np.float32]
-    force_listen: bool
-    frames: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    reason: str
-
-
-ClientFrame = Init | Append | Close
-
-
-def parse_frame(raw: str | bytes) -> ClientFrame:
-    """One client frame; raises ClientError (code, message) for anything unusable."""
-    try:
-        body = json.loads(raw)
-    except RecursionError:
-        raise ClientError("invalid_json", "message is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ClientError("invalid_json", f"message is not JSON: {exc}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-        raise ClientError("invalid_event", "a message must be a JSON object with a string 'type'")
-    kind = body["type"]
-    if kind == "input.append":
-        return _parse_append(body.get("input"))
-    if kind == "session.init":
-        return _parse_init(body.get("payload", {}))
-    if kind == "session.close":
-        reason = body.get("reason")
-        ok = isinstance(reason, str) and 0 < len(reason) <= 64 and reason.isprintable()
-        return Close(reason if ok and isinstance(reason, str) else "client_close")
-    raise ClientError("unknown_event", f"unknown event type {str(kind)[:64]!r}")
-
-
-def _b64(value: object, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise ClientError("invalid_event", f"{what} must be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ClientError("invalid_base64", f"{what} is not valid base64") from None
-
-
-def _parse_append(body: object) -> Append:
-    if not isinstance(body, dict):
-        raise ClientError("invalid_event", "input.append needs an 'input' object")
-    data = _b64(body.get("audio", ""), "input.audio")
-    if len(data) % 4:
-        raise ClientError("invalid_audio", "input.audio must be float32 samples (4 bytes each)")
-    if len(data) > MAX_APPEND_S * INPUT_RATE * 4:
-        raise ClientError(
-            "audio_too_long", f"one input.append carries at most {MAX_APPEND_S:g} s of audio"
-        )
-    audio = np.frombuffer(data, dtype="<f4").astype(np.float32)
-    if not np.isfinite(audio).all():
-        raise ClientError("invalid_audio", "input.audio holds NaN or infinite samples")
-    np.clip(audio, -1.0, 1.0, out=audio)
-    force = body.get("force_listen", False)
-    if not isinstance(force, bool):
-        raise ClientError("invalid_event", "input.force_listen must be a boolean")
-    raw_frames = body.get("video_frames") or []
-    if not isinstance(raw_frames, list):
-        raise ClientError("invalid_event", "input.video_frames must be a list of base64 JPEGs")
-    if len(raw_frames) > MAX_FRAMES_PER_APPEND:
-        raise ClientError(
-            "too_many_frames", f"one input.append carries at most {MAX_FRAMES_PER_APPEND} frames"
-        )
-    frames = tuple(_check_jpeg(_b64(f, "input.video_frames[]")) for f in raw_frames)
-    return Append(audio, force, frames)
-
-
-def _check_jpeg(data: bytes) -> bytes:
-    """``data`` if it looks like a JPEG of a sane size (cheap: reads the headers only)."""
-    size = jpeg_size(data)
-    if size is None:
-        raise ClientError("invalid_frame", "a video frame is not a JPEG image")
-    if size[0] * size[1] > MAX_FRAME_PIXELS or 0 in size:
-        raise ClientError("invalid_frame", f"a video frame of {size[0]}x{size[1]} is too large")
-    return data
-
-
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header; None when it is not a JPEG."""
-    if len(data) < 4 or data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > len(data):
-                return None
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            width = int.from_bytes(data[i + 7 : i + 9], "big")
-            return width, height
-        if length < 2:
-            return None
-        i += 2 + length
-    return None
-
-
-def _parse_init(payload: object) -> Init:
-    if not isinstance(payload, dict):
-        raise ClientError("invalid_init", "session.init needs a 'payload' object")
-    prompt = payload.get("system_prompt")
-    if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
-        raise ClientError(
-            "invalid_init", f"payload.system_prompt must be a string of <= {MAX_PROMPT_CHARS}"
-        )
-    config = payload.get("config") or {}
-    if not isinstance(config, dict):
-        raise ClientError("invalid_init", "payload.config must be an object")
-    tts = config.get("tts_enabled", True)
-    if not isinstance(tts, bool):
-        raise ClientError("invalid_init", "payload.config.tts_enabled must be a boolean")
-    voice = payload.get("voice") or {}
-    if not isinstance(voice, dict):
-        raise ClientError("invalid_init", "payload.voice must be an object")
-    clip = voice.get("tts_ref_audio_base64") or voice.get("ref_audio_base64")
-    voice_bytes = _b64(clip, "payload.voice.ref_audio_base64") if clip else None
-    return Init(instructions=prompt or None, voice_bytes=voice_bytes, tts_enabled=tts)
-
-
-def decode_reference(data: bytes) -> NDArray[np.float32]:
-    """A voice reference: an audio file PyAV reads, else raw float32 16 kHz mono samples
-    (blocking: run it off the event loop)."""
-    try:
-        return decode_voice(data)
-    except InvalidVoice as exc:
-        if len(data) % 4 or len(data) < INPUT_RATE * 4:
-            raise
-        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
-        if not np.isfinite(samples).all() or np.abs(samples).max() > 1.0:
-            raise exc from None
-        return samples
 
 
 # ------------------------------------------------------------------ video
@@ -386,90 +209,6 @@ class JpegFrames:
         for key in [k for k in self._units if k < index]:
             del self._units[key]
         return picked
-
-
-# ------------------------------------------------------------------ results
-
-
-class WsResponder:
-    """The session's StepSink: each unit's result becomes the protocol's events.
-
-    A speaking unit gives ``response.output_text.delta`` (when it has text) and one
-    ``response.output_audio.delta`` (its speech, base64 float32 24 kHz); a listening unit gives
-    ``response.listen``; the end of the model's turn gives ``response.done``.  ``force_listen``
-    interrupts the engine (``DuplexSession.interrupt``): results of steps that began before
-    it, and of the unit it came with, are reported as listening and their speech never sent.
-    """
-
-    def __init__(self, put: Callable[[str], None], tts_enabled: bool = True) -> None:
-        self._put = put
-        self.tts_enabled = tts_enabled
-        self._session: DuplexSession | None = None
-        self._epoch = 0
-        self._step_epoch = 0
-        self._forced: set[int] = set()
-        self._in_turn = False
-        self.turns = 0
-        self.spoken_units = 0
-        self.audio_out_samples = 0
-        self.forced = 0
-
-    def attach(self, session: DuplexSession) -> None:
-        self._session = session
-
-    def force_listen(self, index: int) -> None:
-        """The client asked the model to listen from unit ``index`` on (now)."""
-        self.forced += 1
-        self._forced = {i for i in self._forced if i >= index - 2}
-        self._forced.add(index)
-        self._epoch += 1
-        if self._session is not None:
-            self._session.interrupt()
-        if self._in_turn:
-            self._in_turn = False
-            self._put(event("response.done", response={"status": "cancelled"}))
-
-    def stepping(self, index: int) -> None:
-        self._step_epoch = self._epoch
-
-    async def result(self, unit: Unit, result: StepResult, timing: StepTiming) -> None:
-        listen = result.listen or self._step_epoch != self._epoch or unit.index in self._forced
-        self._forced.discard(unit.index)
-        if listen:
-            if self._in_turn:
-                self._done()
-            self._put(event("response.listen", unit=unit.index, text=result.heard))
-            return
-        self._speak(unit.index, result)
-
-    async def early(self, part: PartialUnit, result: StepResult) -> None:
-        """An early step (sessions here run none unless configured): speech goes out at
-        once; listening is left for the unit's own step to report."""
-        if result.listen or self._step_epoch != self._epoch or part.index in self._forced:
-            return
-        self._speak(part.index, result)
-
-    def _speak(self, index: int, result: StepResult) -> None:
-        self._in_turn = True
-        self.spoken_units += 1
-        if result.text:
-            self._put(event("response.output_text.delta", delta=result.text, unit=index))
-        if self.tts_enabled and result.audio is not None and result.audio.size:
-            self.audio_out_samples += result.audio.size
-            audio = base64.b64encode(result.audio.astype("<f4").tobytes()).decode("ascii")
-            self._put(event("response.output_audio.delta", audio=audio, unit=index))
-        if result.end_of_turn:
-            self._done()
-
-    def _done(self) -> None:
-        self._in_turn = False
-        self.turns += 1
-        self._put(event("response.done", response={"status": "completed"}))
-
-    def failed(self, index: int, exc: Exception) -> None:
-        # Not an ``error`` event: the official client ends its session on any error, and the
-        # session goes on after one failed step (the unit loop ends it after several).
-        self._put(event("response.step_failed", unit=index, message=str(exc)[:200]))
 
 
 # ------------------------------------------------------------------ the session

@@ -22,7 +22,8 @@ from omni.api import EngineSource, QueueCallback, SessionConfig
 from omni.errors import EngineBusy
 from omni.pool import PoolSource, QueuePosition, ReplicaPool, Ticket
 from realtime.clock import LoopClock
-from realtime.ws_call import MODES, WsSession, error_event, event
+from realtime.ws_call import WsSession
+from realtime.ws_wire import MODES, error_event, event
 from signaling.app_keys import AUTH, CALLS, POOL, SETTINGS
 from signaling.auth import principal_of
 from signaling.errors import RETRY_AFTER_S, ApiError, busy

@@ -18,7 +18,7 @@ import logging
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from realtime.ws_call import MODES
+from realtime.ws_wire import MODES
 from signaling.app_keys import SETTINGS
 from signaling.auth import principal_of
 from signaling.cluster.registry import Claim
