@@ -15,7 +15,7 @@ from openbmb_realtime import AudioDelta, RealtimeClient, RealtimeError, TextDelt
 
 from signaling.cluster.config import ClusterSettings
 from signaling.cluster.registry import RedisRegistry
-from tests.integration.test_realtime_ws import RATE, Recorder, stream
+from tests.integration.test_realtime_ws import RATE, Recorder, pcm, stream
 from tests.redis.cluster import Cluster, post_offer, wait_free, wait_workers
 from tests.support.caller import Caller, make_offer
 from tests.support.media import rms, speechlike
@@ -194,3 +194,30 @@ async def test_a_keys_call_limit_holds_across_workers_and_gateways(
             await caller.close()
         for session in sessions:
             await session.close()
+
+
+async def test_a_message_over_the_gateways_limit_closes_that_session_and_frees_its_slot(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    await cluster.worker("w1", calls=2)
+    gateway = await cluster.gateway(realtime_ws__max_message_bytes=128 * 1024)
+    await wait_workers(http, gateway, 1)
+    other = await client(gateway).audio.connect(model="m")
+    try:
+        async with http.ws_connect(f"{gateway}/v1/realtime", protocols=("map.realtime",)) as ws:
+            seen = [await ws.receive_json(timeout=5)]
+            while seen[-1]["type"] != "session.queue_done":
+                seen.append(await ws.receive_json(timeout=5))
+            await ws.send_json({"type": "session.init", "payload": {}})
+            while seen[-1]["type"] != "session.created":
+                seen.append(await ws.receive_json(timeout=5))
+            await wait_free(http, gateway, 0)
+            await ws.send_str("x" * (200 * 1024))
+            message = await ws.receive(timeout=5)
+            while message.type is aiohttp.WSMsgType.TEXT:
+                message = await ws.receive(timeout=5)
+            assert ws.close_code == 1009
+        await wait_free(http, gateway, 1, timeout=10)
+        await other.send_audio(pcm(np.zeros(RATE, dtype=np.float32)))  # the other goes on
+    finally:
+        await other.close()
