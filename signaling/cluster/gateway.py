@@ -103,6 +103,7 @@ def create_gateway_app(
     # Clients authenticate here first (nothing is claimed for a refused request), and again
     # at the worker, which owns the call (gateways and workers share the auth settings).
     app = base_app(settings, metrics)
+    app[ws_relay.RELAY_METRICS] = ws_relay.RelayMetrics(metrics)
     app[ROUTER] = Router(
         registry, settings.cluster, gateway_metrics.claimed, token_ttl_s=settings.auth.token_ttl_s
     )

@@ -17,6 +17,7 @@ import logging
 
 import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import Counter, Gauge
 
 from realtime.ws_wire import MODES
 from signaling.app_keys import SETTINGS
@@ -24,6 +25,7 @@ from signaling.auth import principal_of
 from signaling.cluster.registry import Claim
 from signaling.cluster.router import ROUTER
 from signaling.errors import ApiError
+from signaling.metrics import Metrics
 from signaling.realtime_ws import HEARTBEAT_S, SUBPROTOCOL, refuse
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,28 @@ _WORKER_MAX_MESSAGE = 16 * 1024 * 1024
 """What a worker may send in one message (its events carry base64 audio)."""
 
 AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+class RelayMetrics:
+    """What the gateway's /metrics says of the sessions it relays."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        r, w = metrics.registry, ("worker",)
+        self.live = Gauge(
+            "omnirtc_relayed_sessions", "/v1/realtime sessions this gateway relays now", w,
+            registry=r,
+        ).labels(metrics.worker)  # fmt: skip
+        messages = Counter(
+            "omnirtc_relayed_messages",
+            "/v1/realtime messages relayed, by direction (up: client to worker)",
+            [*w, "direction"],
+            registry=r,
+        )
+        self.up = messages.labels(metrics.worker, "up")
+        self.down = messages.labels(metrics.worker, "down")
+
+
+RELAY_METRICS = web.AppKey("relay_metrics", RelayMetrics)
 
 
 async def realtime(request: web.Request) -> web.WebSocketResponse:
@@ -61,10 +85,13 @@ async def realtime(request: web.Request) -> web.WebSocketResponse:
     except ApiError as exc:
         await refuse(client, exc.code, exc.message)
         return client
-    relay = _Relay(client, worker)
+    counts = request.app[RELAY_METRICS]
+    relay = _Relay(client, worker, counts)
+    counts.live.inc()
     try:
         await relay.run()
     finally:
+        counts.live.dec()
         await worker.close()
         code = worker.close_code if worker.close_code is not None else WSCloseCode.OK
         await client.close(code=code)
@@ -77,9 +104,15 @@ async def realtime(request: web.Request) -> web.WebSocketResponse:
 class _Relay:
     """Copies messages both ways until one side closes (or fails)."""
 
-    def __init__(self, client: web.WebSocketResponse, worker: aiohttp.ClientWebSocketResponse):
+    def __init__(
+        self,
+        client: web.WebSocketResponse,
+        worker: aiohttp.ClientWebSocketResponse,
+        counts: RelayMetrics,
+    ) -> None:
         self.client = client
         self.worker = worker
+        self._counts = counts
         self.created = False
         """Whether the worker said session.created (a token is spent from then on)."""
         self.messages = 0
@@ -105,6 +138,7 @@ class _Relay:
             elif message.type is WSMsgType.ERROR:
                 return
             self.messages += 1
+            (self._counts.down if watch else self._counts.up).inc()
 
 
 def _is_created(text: str) -> bool:

@@ -53,6 +53,13 @@ def client(url: str, key: str = "sk-test") -> RealtimeClient:
     return RealtimeClient(api_key=key, base_url=url, close_timeout=5.0)
 
 
+async def metrics(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {name: float(value) for name, value in samples}
+
+
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
@@ -82,10 +89,15 @@ async def test_an_official_client_session_runs_on_a_worker_through_the_gateway(
         back = np.concatenate([np.frombuffer(d.audio, dtype="<f4") for d in events.of(AudioDelta)])
         assert rms(back) > 0.3 * rms(speech), "the worker's echo came back through the gateway"
         assert any(t.text.startswith("[echo ") for t in events.of(TextDelta))
+        relayed = await metrics(http, gateway)
+        assert relayed['omnirtc_relayed_sessions{worker="gw"}'] == 1
+        assert relayed['omnirtc_relayed_messages_total{direction="up",worker="gw"}'] >= 5
+        assert relayed['omnirtc_relayed_messages_total{direction="down",worker="gw"}'] >= 5
     finally:
         await session.close()
         await events.task
     await wait_free(http, gateway, 1)
+    assert (await metrics(http, gateway))['omnirtc_relayed_sessions{worker="gw"}'] == 0
     # A client that vanishes (no close frame) frees its slot on the worker as well.
     gone = await client(gateway).audio.connect(model="m")
     await wait_free(http, gateway, 0)
