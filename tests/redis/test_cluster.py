@@ -9,41 +9,16 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 from aiortc import RTCSessionDescription
 
-from signaling.cluster.config import ClusterSettings
 from signaling.cluster.registry import RedisRegistry
 from tests.integration.test_whip import _fragment, _publish
 from tests.redis.cluster import Cluster, post_offer, ready, wait_free, wait_workers
 from tests.support.caller import Caller, make_offer
 from tests.support.loop_watch import LoopWatch
 from tests.support.redis_server import RedisServer, free_port
-
-
-@pytest.fixture
-async def cluster(redis_server: RedisServer) -> AsyncIterator[Cluster]:
-    running = Cluster(redis_server)
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
-@pytest.fixture
-async def registry(redis_server: RedisServer) -> AsyncIterator[RedisRegistry]:
-    reg = RedisRegistry.connect(ClusterSettings(redis_url=redis_server.url, key_prefix="t"))
-    yield reg
-    await reg.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def receiving(caller: Caller, seconds: float = 1.0) -> int:

@@ -5,7 +5,6 @@ worker; a real Redis keeps the books."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -13,40 +12,16 @@ import numpy as np
 import pytest
 from openbmb_realtime import AudioDelta, RealtimeClient, RealtimeError, TextDelta
 
-from signaling.cluster.config import ClusterSettings
 from signaling.cluster.registry import RedisRegistry
 from tests.integration.test_realtime_ws import RATE, Recorder, pcm, stream
 from tests.redis.cluster import Cluster, post_offer, wait_free, wait_workers
 from tests.support.caller import Caller, make_offer
 from tests.support.media import rms, speechlike
-from tests.support.redis_server import RedisServer
 
 KIOSK = "kiosk-secret-0123456789"
 ROBOT = "robot-secret-0123456789"
 KEYS = [{"name": "kiosk", "key": KIOSK, "max_calls": 2}, {"name": "robot", "key": ROBOT}]
 AUTH: dict[str, Any] = {"auth__api_keys": KEYS, "auth__token_secret": "shared-secret-" * 3}
-
-
-@pytest.fixture
-async def cluster(redis_server: RedisServer) -> AsyncIterator[Cluster]:
-    running = Cluster(redis_server)
-    try:
-        yield running
-    finally:
-        await running.close()
-
-
-@pytest.fixture
-async def registry(redis_server: RedisServer) -> AsyncIterator[RedisRegistry]:
-    reg = RedisRegistry.connect(ClusterSettings(redis_url=redis_server.url, key_prefix="t"))
-    yield reg
-    await reg.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def client(url: str, key: str = "sk-test") -> RealtimeClient:
