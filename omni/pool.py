@@ -153,6 +153,7 @@ class ReplicaPool:
         self._repairs: set[asyncio.Task[None]] = set()
         self._call_s = DEFAULT_CALL_S
         self._warm = False
+        self._started = asyncio.Event()
         self.error: str | None = None
 
     @property
@@ -184,8 +185,18 @@ class ReplicaPool:
         """Whether a new call would get a replica now or a place in the queue."""
         return self.ready and (self.free > 0 or len(self._waiters) < self.max_queue)
 
+    async def started(self) -> None:
+        """Return once ``start`` has ended, warm or failed (see ``ready`` and ``error``)."""
+        await self._started.wait()
+
     async def start(self) -> None:
         """Create and warm up every replica, each on its own thread."""
+        try:
+            await self._start()
+        finally:
+            self._started.set()
+
+    async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         name = self.engine.info.name
         for index in range(self.engine.info.replicas):

@@ -26,13 +26,16 @@ from omni.engines import ENGINE_NAMES, build_engine
 from omni.pool import ReplicaPool
 from realtime.patches import PatchedVersionError
 from signaling.app import create_app
+from signaling.app_keys import POOL
 from signaling.cluster.config import Role
 from signaling.cluster.gateway import create_gateway_app
 from signaling.cluster.processes import supervise
 from signaling.cluster.registry import RedisRegistry
 from signaling.cluster.worker import ClusterWorker
+from signaling.gc_policy import GcPauses, freeze_when_ready
 from signaling.http_server import GuardedAppRunner, HttpLimits, fit_to_open_files
 from signaling.logctx import CallIdFilter
+from signaling.metrics import METRICS
 from signaling.settings import Settings, SettingsError, load_settings
 from signaling.tls import TlsError, machine_names, self_signed, self_signed_context, server_context
 
@@ -290,11 +293,18 @@ async def _run(settings: Settings, open_files: int | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    gc_pauses = GcPauses(app[METRICS])
+    freezer = asyncio.create_task(
+        freeze_when_ready(app.get(POOL), settings.server.gc_freeze), name="gc-freeze"
+    )
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        freezer.cancel()
+        await asyncio.gather(freezer, return_exceptions=True)
         await runner.cleanup()
+        gc_pauses.close()
     return 0
 
 

@@ -65,6 +65,8 @@ class ServerSettings:
     """PEM private key file of ``tls_cert``."""
     tls_self_signed: bool = False
     """Serve HTTPS with a certificate made at start for this machine (browsers warn once)."""
+    gc_freeze: bool = True
+    """Freeze the heap once the engine has warmed up (``signaling.gc_policy``)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.port <= 65535, "port must be 0..65535")

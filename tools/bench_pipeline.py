@@ -124,6 +124,32 @@ async def cpu_run(server: Any, base: str, calls: int, seconds: float) -> tuple[f
     return total / calls, total
 
 
+async def gc_pauses(base: str) -> dict[str, tuple[int, float, str]]:
+    """The server's garbage collections so far, by generation: how many, their mean, and the
+    histogram bucket its longest one fell in (``omnirtc_gc_pause_seconds``)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    found: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        if not line.startswith("omnirtc_gc_pause_seconds"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        generation = name.split('generation="')[1].split('"')[0]
+        entry = found.setdefault(generation, {"buckets": []})
+        if name.startswith("omnirtc_gc_pause_seconds_count"):
+            entry["count"] = int(float(value))
+        elif name.startswith("omnirtc_gc_pause_seconds_sum"):
+            entry["sum"] = float(value)
+        elif 'le="' in name:
+            entry["buckets"].append((name.split('le="')[1].split('"')[0], float(value)))
+    out = {}
+    for generation, entry in sorted(found.items()):
+        count = entry.get("count", 0)
+        top = next((le for le, n in entry["buckets"] if n >= count), "+Inf")
+        out[generation] = (count, entry.get("sum", 0.0) / max(1, count), top)
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--utterances", type=int, default=10)
@@ -138,6 +164,7 @@ async def main() -> None:
         for n in (int(x) for x in args.calls.split(",")):
             cpu[n] = await cpu_run(server, base, n, args.cpu_seconds)
             await asyncio.sleep(1.0)
+        collections = await gc_pauses(base)
     lateness = result["server_lateness"] or {}
     print(f"\npipeline benchmark (echo engine, {args.utterances} utterances of {TALK_S:.0f} s)")
     print(f"{'echo reply delay after utterance (ms)':44}{fmt(result['reply'])}")
@@ -151,6 +178,9 @@ async def main() -> None:
     for n, (per, total) in cpu.items():
         label = f"server CPU, {n} echo calls"
         print(f"{label:44}{per:6.1f} % of a core per call ({total:5.1f} % total)")
+    for generation, (count, mean, top) in collections.items():
+        label = f"server GC, generation {generation}"
+        print(f"{label:44}{count:6d} collections, mean {mean * 1000:6.2f} ms, longest <= {top} s")
 
 
 if __name__ == "__main__":
