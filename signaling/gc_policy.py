@@ -14,12 +14,15 @@ used by the entry point only (``signaling.__main__``): they change the whole pro
 
 from __future__ import annotations
 
+import bisect
 import gc
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
 
 from omni.pool import ReplicaPool
 from signaling.metrics import Metrics
@@ -27,6 +30,7 @@ from signaling.metrics import Metrics
 log = logging.getLogger(__name__)
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+_GENERATIONS = 3
 
 
 def freeze_heap(freeze: bool = True) -> tuple[int, float]:
@@ -60,19 +64,19 @@ async def freeze_when_ready(pool: ReplicaPool | None, freeze: bool = True) -> No
 
 
 class GcPauses:
-    """Times each garbage collection of this process (any thread) into a histogram."""
+    """Times each garbage collection of this process (any thread) for ``/metrics``.
+
+    The callback runs inside the collector, which may have been set off by an allocation
+    anywhere, prometheus_client's own locked sections included (its locks do not re-enter):
+    so it only counts into plain lists, and ``collect`` (a prometheus Collector) reads them."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self._pauses = Histogram(
-            "omnirtc_gc_pause_seconds",
-            "Garbage collections of this process, by generation (the thread that ran one "
-            "was held for this long)",
-            ["worker", "generation"],
-            buckets=_BUCKETS,
-            registry=metrics.registry,
-        )
         self._worker = metrics.worker
+        self._counts = [[0] * (len(_BUCKETS) + 1) for _ in range(_GENERATIONS)]
+        self._sums = [0.0] * _GENERATIONS
         self._started = 0.0
+        self._registry = metrics.registry
+        self._registry.register(self)
         gc.callbacks.append(self._on_gc)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
@@ -80,8 +84,26 @@ class GcPauses:
             self._started = time.perf_counter()
             return
         took = time.perf_counter() - self._started
-        self._pauses.labels(self._worker, str(info["generation"])).observe(took)
+        generation = min(int(info["generation"]), _GENERATIONS - 1)
+        self._counts[generation][bisect.bisect_left(_BUCKETS, took)] += 1
+        self._sums[generation] += took
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "omnirtc_gc_pause_seconds",
+            "Garbage collections of this process, by generation (the thread that ran one "
+            "was held for this long)",
+            labels=["worker", "generation"],
+        )
+        for generation in range(_GENERATIONS):
+            counts = list(self._counts[generation])
+            cumulative = list(itertools.accumulate(counts))
+            buckets = [(str(le), float(n)) for le, n in zip(_BUCKETS, cumulative, strict=False)]
+            buckets.append(("+Inf", float(cumulative[-1])))
+            family.add_metric([self._worker, str(generation)], buckets, self._sums[generation])
+        yield family
 
     def close(self) -> None:
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        self._registry.unregister(self)
