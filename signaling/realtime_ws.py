@@ -69,16 +69,8 @@ async def realtime(request: web.Request) -> web.WebSocketResponse:
     starts one call; a refused session leaves it unspent), the server's limit, the pool."""
     settings = request.app[SETTINGS]
     config = settings.realtime_ws
-    ws = web.WebSocketResponse(
-        protocols=(SUBPROTOCOL,),
-        max_msg_size=config.max_message_bytes,
-        heartbeat=HEARTBEAT_S,
-        compress=False,
-    )
-    await ws.prepare(request)
-    mode = request.query.get("mode", "audio")
-    if mode not in MODES:
-        await refuse(ws, "invalid_mode", f"mode must be audio or video, not {mode[:32]!r}")
+    ws, mode = await upgrade(request)
+    if mode is None:
         return ws
     calls = request.app[CALLS]
     pool = request.app[POOL]
@@ -122,6 +114,23 @@ def _join(pool: ReplicaPool) -> Ticket:
         raise busy(
             f"every engine replica is in a call and {pool.queued} calls wait", RETRY_AFTER_S
         ) from None
+
+
+async def upgrade(request: web.Request) -> tuple[web.WebSocketResponse, str | None]:
+    """The client's WebSocket, upgraded (``map.realtime``, the message limit, heartbeats),
+    and the session's mode; None when the mode was refused (the socket is closed then)."""
+    ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL,),
+        max_msg_size=request.app[SETTINGS].realtime_ws.max_message_bytes,
+        heartbeat=HEARTBEAT_S,
+        compress=False,
+    )
+    await ws.prepare(request)
+    mode = request.query.get("mode", "audio")
+    if mode not in MODES:
+        await refuse(ws, "invalid_mode", f"mode must be audio or video, not {mode[:32]!r}")
+        return ws, None
+    return ws, mode
 
 
 async def refuse(ws: web.WebSocketResponse, code: str, message: str) -> None:

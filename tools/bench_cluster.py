@@ -166,16 +166,21 @@ async def bench_offers(
     return call_ids
 
 
+async def start_redis(folder: str) -> tuple[asyncio.subprocess.Process, str]:
+    """A redis-server on a free loopback port, without persistence; and its URL."""
+    port = free_port()
+    redis = await asyncio.create_subprocess_exec(
+        shutil.which("redis-server") or "/usr/bin/redis-server",
+        "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", folder, "--loglevel", "warning",
+        stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    return redis, f"redis://127.0.0.1:{port}/0"
+
+
 async def run(workers: int, calls: int, concurrency: int, claims: int) -> None:
-    redis_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        redis = await asyncio.create_subprocess_exec(
-            shutil.which("redis-server") or "/usr/bin/redis-server",
-            "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", tmp, "--loglevel", "warning",
-            stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        redis, redis_url = await start_redis(tmp)
         per_worker = calls + 5
         processes = [redis]
         try:

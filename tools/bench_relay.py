@@ -22,7 +22,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from tools.bench_cluster import start, stop
+from tools.bench_cluster import start, start_redis, stop
 from tools.benchlib import free_port, pct
 
 RATE = 16_000
@@ -147,15 +146,8 @@ async def wait_up(http: aiohttp.ClientSession, url: str, key: str) -> None:
 
 
 async def run(counts: list[int], seconds: int) -> None:
-    redis_port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        redis = await asyncio.create_subprocess_exec(
-            shutil.which("redis-server") or "/usr/bin/redis-server",
-            "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", tmp, "--loglevel", "warning",
-            stdout=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        redis, redis_url = await start_redis(tmp)
         room = str(max(counts) + 2)
         common = {"OMNIRTC_SERVER__MAX_CALLS": room, "OMNIRTC_ENGINE__REPLICAS": room}
         processes = [redis]

@@ -19,14 +19,12 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import Counter, Gauge
 
-from realtime.ws_wire import MODES
-from signaling.app_keys import SETTINGS
 from signaling.auth import principal_of
 from signaling.cluster.registry import Claim
 from signaling.cluster.router import ROUTER
 from signaling.errors import ApiError
 from signaling.metrics import Metrics
-from signaling.realtime_ws import HEARTBEAT_S, SUBPROTOCOL, refuse
+from signaling.realtime_ws import HEARTBEAT_S, SUBPROTOCOL, refuse, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +57,8 @@ RELAY_METRICS = web.AppKey("relay_metrics", RelayMetrics)
 
 
 async def realtime(request: web.Request) -> web.WebSocketResponse:
-    config = request.app[SETTINGS].realtime_ws
-    client = web.WebSocketResponse(
-        protocols=(SUBPROTOCOL,),
-        max_msg_size=config.max_message_bytes,
-        heartbeat=HEARTBEAT_S,
-        compress=False,
-    )
-    await client.prepare(request)
-    mode = request.query.get("mode", "audio")
-    if mode not in MODES:  # refused before a slot is claimed for it
-        await refuse(client, "invalid_mode", f"mode must be audio or video, not {mode[:32]!r}")
+    client, mode = await upgrade(request)
+    if mode is None:  # refused before a slot is claimed for it
         return client
     router = request.app[ROUTER]
     principal = principal_of(request)

@@ -104,13 +104,20 @@ async def test_a_session_refused_by_the_worker_frees_its_claim(
         await first.close()
 
 
-async def test_a_token_starts_one_call_or_session_in_the_whole_cluster(
-    cluster: Cluster, http: aiohttp.ClientSession, registry: RedisRegistry
-) -> None:
+async def keyed(cluster: Cluster, http: aiohttp.ClientSession) -> list[str]:
+    """Two workers (two replicas each) and two gateways, all with the same API keys; the
+    gateways' URLs."""
     await cluster.worker("w1", calls=2, **AUTH)
     await cluster.worker("w2", calls=2, **AUTH)
     gateways = [await cluster.gateway(**AUTH), await cluster.gateway(**AUTH)]
     await wait_workers(http, gateways[0], 2)
+    return gateways
+
+
+async def test_a_token_starts_one_call_or_session_in_the_whole_cluster(
+    cluster: Cluster, http: aiohttp.ClientSession, registry: RedisRegistry
+) -> None:
+    gateways = await keyed(cluster, http)
     async with http.post(f"{gateways[0]}/v1/tokens", headers=bearer(ROBOT)) as r:
         token = (await r.json())["token"]
     callers = [Caller(gateways[0]), Caller(gateways[1])]
@@ -152,10 +159,7 @@ async def test_a_token_starts_one_call_or_session_in_the_whole_cluster(
 async def test_a_keys_call_limit_holds_across_workers_and_gateways(
     cluster: Cluster, http: aiohttp.ClientSession, registry: RedisRegistry
 ) -> None:
-    await cluster.worker("w1", calls=2, **AUTH)
-    await cluster.worker("w2", calls=2, **AUTH)
-    gateways = [await cluster.gateway(**AUTH), await cluster.gateway(**AUTH)]
-    await wait_workers(http, gateways[0], 2)
+    gateways = await keyed(cluster, http)
     callers = [Caller(gateways[0]), Caller(gateways[1])]
     sessions = []
     try:
