@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from signaling.cluster import scripts
 from signaling.cluster.config import ClusterSettings
+from signaling.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,13 @@ MAX_CONNECTIONS = 64
 
 class RegistryUnavailable(RuntimeError):
     """Redis could not be reached or did not answer in time."""
+
+
+def registry_unavailable() -> ApiError:
+    """What a client is told when Redis cannot be reached (live calls are not affected)."""
+    return ApiError(
+        503, "registry_unavailable", "the registry cannot be reached", {"Retry-After": "1"}
+    )
 
 
 class Placement(enum.StrEnum):

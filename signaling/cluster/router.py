@@ -29,6 +29,7 @@ from signaling.cluster.registry import (
     Placement,
     RedisRegistry,
     RegistryUnavailable,
+    registry_unavailable,
 )
 from signaling.cluster.worker import CALL_ID, CALL_ID_HEADER
 from signaling.errors import ApiError, busy
@@ -246,9 +247,7 @@ class Router:
         try:
             claim = await self.registry.claim(call_id, self.settings.max_queue, passed_over, holder)
         except RegistryUnavailable:
-            raise ApiError(
-                503, "registry_unavailable", "the registry cannot be reached", {"Retry-After": "1"}
-            ) from None
+            raise registry_unavailable() from None
         if self._on_claim is not None:
             self._on_claim(claim, time.perf_counter() - start)
         if claim.placement is Placement.FULL:
@@ -312,9 +311,7 @@ class Router:
             owner = await self.registry.owner(call_id)
             worker = await self.registry.worker(owner) if owner is not None else None
         except RegistryUnavailable:
-            raise ApiError(
-                503, "registry_unavailable", "the registry cannot be reached", {"Retry-After": "1"}
-            ) from None
+            raise registry_unavailable() from None
         if owner is None:
             raise ApiError(404, "unknown_call", f"no call with id {call_id!r}")
         if worker is None:

@@ -27,7 +27,7 @@ from omni.pool import ReplicaPool
 from realtime.session import Call
 from signaling.app_keys import CALLS, POOL
 from signaling.cluster.config import ClusterSettings
-from signaling.cluster.registry import RedisRegistry, RegistryUnavailable
+from signaling.cluster.registry import RedisRegistry, RegistryUnavailable, registry_unavailable
 from signaling.errors import ApiError, Handler
 from signaling.hooks import CLAIMED_CALL_ID
 from signaling.sessions import CallManager
@@ -105,9 +105,7 @@ class ClusterWorker:
             async with asyncio.timeout(self.cluster.redis_timeout_s):
                 held = await self.registry.holds(self.worker_id, call_id)
         except (RegistryUnavailable, TimeoutError):
-            raise ApiError(
-                503, "registry_unavailable", "the registry cannot be reached", {"Retry-After": "1"}
-            ) from None
+            raise registry_unavailable() from None
         if not held:
             raise ApiError(409, "no_claim", f"no slot was claimed here for {call_id}")
         request[CLAIMED_CALL_ID] = call_id
